@@ -1,0 +1,14 @@
+"""The compiled ops of cora (`torch.ops.cora.*`) and their Python faces."""
+
+try:
+    from cora import _C  # noqa: F401  (registers torch.ops.cora.*)
+except ImportError as e:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "cora's compiled ops (cora._C) are not built or do not load: run "
+        "`python setup.py build_ext --inplace` in the repository root (or `make build`). "
+        f"Cause: {e}"
+    ) from e
+
+from cora.ops.roi_align import RoIAlign, roi_align
+
+__all__ = ["RoIAlign", "roi_align"]

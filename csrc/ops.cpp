@@ -1,0 +1,31 @@
+// The schemas of all cora ops (one TORCH_LIBRARY block) and their C++ entry points.
+// Kernels register themselves per device in <op>.cpp / <op>.cu; autograd and fake (meta) kernels
+// are registered from Python beside each wrapper in cora/ops/.
+#include "cora_ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace cora {
+
+at::Tensor roi_align(
+    const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
+    int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cora::roi_align", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::SymInt,
+                                         c10::SymInt, int64_t, bool)>();
+  return op.call(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
+}
+
+}  // namespace cora
+
+TORCH_LIBRARY(cora, m) {
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+}

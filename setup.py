@@ -1,0 +1,109 @@
+"""Builds the compiled ops as `cora._C`: `python setup.py build_ext --inplace`.
+
+C++ kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is found;
+`CORA_BUILD_CUDA=1` requires them, `CORA_BUILD_CUDA=0` skips them. With no GPU visible (as on
+the development machines, where the CUDA code compiles but cannot run) the target architectures
+come from `TORCH_CUDA_ARCH_LIST`, default "8.0;9.0" (A100, H100/H200).
+"""
+
+import glob
+import os
+import site
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _cuda_requested():
+    """True / False from CORA_BUILD_CUDA, None when unset (auto)."""
+    value = os.environ.get("CORA_BUILD_CUDA", "").strip()
+    if value in ("", "auto"):
+        return None
+    if value in ("0", "1"):
+        return value == "1"
+    sys.exit(f"setup.py: CORA_BUILD_CUDA must be 0, 1 or unset, got {value!r}")
+
+
+def _pip_cuda_include_dirs():
+    """Headers of the pip CUDA packages (cusparse.h and friends), which torch's headers include
+    but the system toolkit may lack (DESIGN.md section 5)."""
+    dirs = []
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _set_cuda_home():
+    """torch finds the toolkit from CUDA_HOME, CUDA_PATH, then `which nvcc`; a wrapper script on PATH
+    (as /usr/local/bin/nvcc here) sends it to a root without libcudart, so prefer the standard root."""
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        if os.path.isfile("/usr/local/cuda/bin/nvcc"):
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+def build_extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    requested = _cuda_requested()
+    cuda_available = torch.version.cuda is not None and CUDA_HOME is not None
+    if requested and not cuda_available:
+        sys.exit("setup.py: CORA_BUILD_CUDA=1 but torch has no CUDA or nvcc was not found (set CUDA_HOME)")
+    with_cuda = cuda_available if requested is None else requested
+
+    # Kernels are split by device: csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu (distinct object names).
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # at::parallel_for is a header template: without -fopenmp it silently runs serially.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    define_macros = []
+    if with_cuda:
+        if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # torch's arch detection queries the GPU and fails without one.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros.append(("CORA_WITH_CUDA", None))
+        return [
+            CUDAExtension(
+                "cora._C",
+                sources,
+                include_dirs=[os.path.join(ROOT, "csrc")] + _pip_cuda_include_dirs(),
+                define_macros=define_macros,
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+                extra_link_args=link_flags,
+            )
+        ]
+    return [
+        CppExtension(
+            "cora._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    ]
+
+
+def main():
+    _set_cuda_home()  # before torch.utils.cpp_extension reads it at import
+    from torch.utils.cpp_extension import BuildExtension
+
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
+    setup(
+        name="cora",
+        version="0.1.0",
+        description="CORA open-vocabulary detection: training, evaluation, ONNX/TensorRT export",
+        packages=find_packages(include=["cora", "cora.*"]),
+        python_requires=">=3.10",
+        ext_modules=build_extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()
