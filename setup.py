@@ -32,9 +32,8 @@ def _pip_cuda_include_dirs():
     but the system toolkit may lack (DESIGN.md section 5)."""
     dirs = []
     for base in site.getsitepackages() + [site.getusersitepackages()]:
-        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "include")))
         dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
-    return [d for d in dirs if os.path.isdir(d)]
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
 def _set_cuda_home():

@@ -93,7 +93,8 @@ void run(const at::Device& device) {
   }
   // 2. Same RoI given in 2x image coordinates with spatial_scale 0.5, adaptive sampling (0).
   {
-    const at::Tensor rois_2x = rois.slice(0, 0, 1) * at::tensor({1.0f, 2.0f, 2.0f, 2.0f, 2.0f}, opts);
+    const at::Tensor rois_2x =
+        rois.slice(0, 0, 1) * at::tensor({1.0f, 2.0f, 2.0f, 2.0f, 2.0f}, opts);
     const at::Tensor out = cora::roi_align(input, rois_2x, 0.5, 1, 1, 0, true);
     if (check_shape(out, {1, 3, 1, 1}, dev + "A 1x1 scale 0.5 adaptive")) {
       check_roi(out, 0, a_1x1, 1, dev + "A 1x1 scale 0.5 adaptive");
@@ -107,7 +108,7 @@ void run(const at::Device& device) {
       check_roi(out, 1, b_2x2, 2, dev + "A,B 2x2 NCHW");
     }
   }
-  // 4. The same on channels-last input (the CPU kernel's other path); the output is channels-last.
+  // 4. The same on channels-last input (the kernels' other path); the output is channels-last.
   {
     const at::Tensor input_cl = input.contiguous(at::MemoryFormat::ChannelsLast);
     check(input_cl.suggest_memory_format() == at::MemoryFormat::ChannelsLast,

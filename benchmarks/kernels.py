@@ -1,0 +1,149 @@
+"""Kernel benchmarks: each compiled cora op against its baseline, on the same inputs, in one process.
+
+    python benchmarks/kernels.py                          # CPU, fp32, 5 timed runs per case
+    python benchmarks/kernels.py --quick                  # CPU, 3 timed runs (what `make demo` runs)
+    python benchmarks/kernels.py --device cuda --dtype fp16 --json benchmarks/results/kernels-h100.json
+
+Prints one table row per (op, pass, layout): median and p90 time of baseline and cora, the speedup
+(baseline median / cora median) and the largest difference between the two outputs.
+
+Shapes: RoIAlign at the CORA region-classifier shape: a stride-16 map of 50x84 (an 800x1344 image),
+14x14 bins, aligned, adaptive sampling, boxes drawn uniformly with sides of 16 px to half the image;
+512 RoIs x C=256 on CPU, 1000 RoIs x C=1024 on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import format_table, machine_info, measure, write_json  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclass
+class Case:
+    op: str
+    phase: str  # "forward" or "backward"
+    layout: str
+    shape: str
+    baseline_name: str
+    baseline: Callable[[], torch.Tensor]
+    cora: Callable[[], torch.Tensor]
+
+
+def random_rois(num_rois: int, batch: int, height: int, width: int, stride: int, device: str, seed: int = 0):
+    """Tensor[K, 5] (batch index, x1, y1, x2, y2) in image pixels, sides 16 px .. half the image."""
+    g = torch.Generator().manual_seed(seed)
+    image_size = torch.tensor([width * stride, height * stride], dtype=torch.float32)
+    wh = torch.rand(num_rois, 2, generator=g) * image_size * 0.5 + 16
+    xy = torch.rand(num_rois, 2, generator=g) * (image_size - wh)
+    index = torch.randint(0, batch, (num_rois, 1), generator=g).float()
+    return torch.cat([index, xy, xy + wh], dim=1).to(device)
+
+
+def roi_align_cases(device: str, dtype: torch.dtype) -> list[Case]:
+    import torchvision
+
+    import cora.ops  # noqa: F401
+
+    num_rois, channels = (512, 256) if device == "cpu" else (1000, 1024)
+    batch, height, width, stride, out = 2, 50, 84, 16, 14
+    shape = f"K={num_rois} C={channels} {height}x{width}->{out}x{out}"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, generator=g).to(device=device, dtype=dtype)
+    grad = torch.randn(num_rois, channels, out, out, generator=g).to(device=device, dtype=dtype)
+    rois = random_rois(num_rois, batch, height, width, stride, device).to(dtype)
+    params = (1.0 / stride, out, out)
+    backward_args = (1.0 / stride, out, out, batch, channels, height, width, -1, True)
+
+    cases = []
+    for layout in ("nchw", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x_l, grad_l = x.contiguous(memory_format=fmt), grad.contiguous(memory_format=fmt)
+        cases.append(Case(
+            "roi_align", "forward", layout, shape, "torchvision",
+            lambda x_l=x_l: torchvision.ops.roi_align(x_l, rois, params[1:], params[0], -1, True),
+            lambda x_l=x_l: torch.ops.cora.roi_align(x_l, rois, *params, -1, True),
+        ))
+        cases.append(Case(
+            "roi_align", "backward", layout, shape, "torchvision",
+            lambda grad_l=grad_l: torch.ops.torchvision._roi_align_backward(grad_l, rois, *backward_args),
+            lambda grad_l=grad_l: torch.ops.cora._roi_align_backward(grad_l, rois, *backward_args),
+        ))
+    return cases
+
+
+OPS = {"roi_align": roi_align_cases}
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("kernels.py: --device cuda but torch sees no CUDA GPU")
+    dtype = DTYPES[args.dtype]
+    repeat = 3 if args.quick else args.repeat
+    rows, results = [], []
+    for op in args.ops:
+        for case in OPS[op](args.device, dtype):
+            expected, actual = case.baseline(), case.cora()
+            max_diff = (actual.double() - expected.double()).abs().max().item()
+            base = measure(case.baseline, args.device, repeat)
+            ours = measure(case.cora, args.device, repeat)
+            speedup = base["median_ms"] / ours["median_ms"]
+            results.append({
+                "op": case.op, "phase": case.phase, "layout": case.layout, "shape": case.shape,
+                "dtype": args.dtype, "baseline": case.baseline_name, "baseline_ms": base, "cora_ms": ours,
+                "speedup": speedup, "max_abs_diff": max_diff,
+            })
+            rows.append([
+                case.op, case.phase, case.layout, case.shape, case.baseline_name,
+                f"{base['median_ms']:.2f} / {base['p90_ms']:.2f}", f"{ours['median_ms']:.2f} / {ours['p90_ms']:.2f}",
+                f"{speedup:.2f}x", f"{max_diff:.1e}",
+            ])
+    info = machine_info(args.device)
+    header = f"cora kernels on {info.get('gpu', info['cpu'])} ({args.device}, {args.dtype}, {info['cpu_threads']} CPU threads, torch {info['torch']}); ms median / p90 of {repeat} runs"
+    print(header)
+    print(format_table(
+        ["op", "pass", "layout", "shape", "baseline", "baseline ms", "cora ms", "speedup", "max |diff|"], rows
+    ))
+    payload = {"machine": info, "repeat": repeat, "results": results}
+    json_path = args.json or os.path.join(RESULTS_DIR, f"kernels-{args.device}-{args.dtype}.json")
+    write_json(json_path, payload)
+    print(f"wrote {json_path}")
+    return payload
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="input dtype (default: fp32)")
+    parser.add_argument(
+        "--ops", default=",".join(OPS), type=lambda s: s.split(","),
+        help=f"comma-separated ops to run, from {', '.join(OPS)} (default: all)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per case, after one warm-up (default: 5)")
+    parser.add_argument("--quick", action="store_true", help="3 timed runs per case (overrides --repeat)")
+    parser.add_argument(
+        "--json", default=None,
+        help="where to write the results (default: benchmarks/results/kernels-<device>-<dtype>.json)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [op for op in args.ops if op not in OPS]
+    if unknown:
+        parser.error(f"--ops: unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args())
