@@ -85,6 +85,13 @@ C10_HOST_DEVICE inline T sample_x(const RoIGeometry<T>& g, int64_t pw, int64_t i
       (static_cast<T>(ix) + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w);
 }
 
+// A sample more than one pixel outside the map contributes nothing. Kernels skip such samples
+// rather than multiply by zero weights, so that a NaN/inf pixel elsewhere cannot leak in (0 * NaN).
+template <typename T>
+C10_HOST_DEVICE inline bool sample_outside(int64_t height, int64_t width, T y, T x) {
+  return y < T(-1) || y > static_cast<T>(height) || x < T(-1) || x > static_cast<T>(width);
+}
+
 // The four pixels a bilinear sample reads (offsets y * width + x inside one plane) and their weights.
 // A sample more than one pixel outside the map has all weights 0 (and offsets 0, always in bounds).
 template <typename T>
@@ -96,7 +103,7 @@ struct BilinearTap {
 template <typename T>
 C10_HOST_DEVICE inline BilinearTap<T> bilinear_tap(int64_t height, int64_t width, T y, T x) {
   BilinearTap<T> t{0, 0, 0, 0, T(0), T(0), T(0), T(0)};
-  if (y < T(-1) || y > static_cast<T>(height) || x < T(-1) || x > static_cast<T>(width)) return t;
+  if (sample_outside(height, width, y, x)) return t;
   if (y <= T(0)) y = T(0);
   if (x <= T(0)) x = T(0);
   int64_t y_low = static_cast<int64_t>(y);

@@ -38,7 +38,7 @@ struct RowTaps {
           const acc_t y = roi_align_detail::sample_y(g, ph, iy);
           for (int64_t ix = 0; ix < g.grid_w; ++ix) {
             const acc_t x = roi_align_detail::sample_x(g, pw, ix);
-            if (y < acc_t(-1) || y > acc_t(height) || x < acc_t(-1) || x > acc_t(width)) continue;
+            if (roi_align_detail::sample_outside(height, width, y, x)) continue;
             taps.push_back(roi_align_detail::bilinear_tap(height, width, y, x));
           }
         }

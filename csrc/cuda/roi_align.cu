@@ -24,6 +24,7 @@ namespace {
 using roi_align_detail::bilinear_tap;
 using roi_align_detail::roi_geometry;
 using roi_align_detail::sample_x;
+using roi_align_detail::sample_outside;
 using roi_align_detail::sample_y;
 
 constexpr int kThreads = 256;  // a multiple of the warp size: warp kernels index warps by thread / 32
@@ -31,13 +32,6 @@ constexpr int kWarp = 32;
 // Channels-last kernels: channels each lane holds per pass. A pass covers kWarp * kTile channels,
 // so the taps of a bin are recomputed once per pass rather than once per 32 channels.
 constexpr int kTile = 4;
-
-// Same test as the CPU kernels. bilinear_tap alone would give zero weights but offset 0, and
-// 0 * NaN from pixel (0, 0) would still poison the sum.
-template <typename T>
-__device__ __forceinline__ bool outside(T y, T x, int64_t height, int64_t width) {
-  return y < T(-1) || y > static_cast<T>(height) || x < T(-1) || x > static_cast<T>(width);
-}
 
 __device__ __forceinline__ int64_t global_thread() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -70,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) forward_nchw_kernel(
       const acc_t y = sample_y(g, ph, iy);
       for (int64_t ix = 0; ix < g.grid_w; ++ix) {
         const acc_t x = sample_x(g, pw, ix);
-        if (outside(y, x, height, width)) continue;
+        if (sample_outside(height, width, y, x)) continue;
         const auto t = bilinear_tap(height, width, y, x);
         sum += t.w1 * acc_t(p[t.o1]) + t.w2 * acc_t(p[t.o2]) + t.w3 * acc_t(p[t.o3]) +
             t.w4 * acc_t(p[t.o4]);
@@ -109,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) forward_channels_last_kernel(
         const acc_t y = sample_y(g, ph, iy);
         for (int64_t ix = 0; ix < g.grid_w; ++ix) {
           const acc_t x = sample_x(g, pw, ix);
-          if (outside(y, x, height, width)) continue;
+          if (sample_outside(height, width, y, x)) continue;
           const auto t = bilinear_tap(height, width, y, x);
           const scalar_t* p1 = in_b + t.o1 * channels;
           const scalar_t* p2 = in_b + t.o2 * channels;
@@ -155,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) backward_nchw_kernel(
       const acc_t y = sample_y(g, ph, iy);
       for (int64_t ix = 0; ix < g.grid_w; ++ix) {
         const acc_t x = sample_x(g, pw, ix);
-        if (outside(y, x, height, width)) continue;
+        if (sample_outside(height, width, y, x)) continue;
         const auto t = bilinear_tap(height, width, y, x);
         gpuAtomicAdd(q + t.o1, t.w1 * v);
         gpuAtomicAdd(q + t.o2, t.w2 * v);
@@ -194,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) backward_channels_last_kernel(
         const acc_t y = sample_y(g, ph, iy);
         for (int64_t ix = 0; ix < g.grid_w; ++ix) {
           const acc_t x = sample_x(g, pw, ix);
-          if (outside(y, x, height, width)) continue;
+          if (sample_outside(height, width, y, x)) continue;
           const auto t = bilinear_tap(height, width, y, x);
           acc_t* q1 = q_b + t.o1 * channels;
           acc_t* q2 = q_b + t.o2 * channels;
