@@ -7,9 +7,13 @@
 Prints one table row per (op, pass, layout): median and p90 time of baseline and cora, the speedup
 (baseline median / cora median) and the largest difference between the two outputs.
 
-Shapes: RoIAlign at the CORA region-classifier shape: a stride-16 map of 50x84 (an 800x1344 image),
-14x14 bins, aligned, adaptive sampling, boxes drawn uniformly with sides of 16 px to half the image;
-512 RoIs x C=256 on CPU, 1000 RoIs x C=1024 on CUDA.
+Shapes:
+- roi_align at the CORA region-classifier shape: a stride-16 map of 50x84 (an 800x1344 image),
+  14x14 bins, aligned, adaptive sampling, boxes drawn uniformly with sides of 16 px to half the image;
+  512 RoIs x C=256 on CPU, 1000 RoIs x C=1024 on CUDA.
+- attn_pool at RN50 shapes (C=2048, 7x7, 32 heads, out 1024), with a region prompt; 256 regions on
+  CPU, 1000 on CUDA. Baselines: open_clip's AttentionPool2d (all L queries), the same with token 0 as
+  the only query, and the O(L) fold written with plain torch ops (cora.ops.reference).
 """
 
 from __future__ import annotations
@@ -83,7 +87,67 @@ def roi_align_cases(device: str, dtype: torch.dtype) -> list[Case]:
     return cases
 
 
-OPS = {"roi_align": roi_align_cases}
+def attn_pool_cases(device: str, dtype: torch.dtype) -> list[Case]:
+    """RN50 shapes: C=2048, 7x7, 32 heads, out 1024; N=256 regions on CPU, 1000 on CUDA."""
+    import torch.nn.functional as F
+    from open_clip.modified_resnet import AttentionPool2d
+
+    from cora.ops import prompted_attention_pool
+    from cora.ops.reference import prompted_attention_pool_ref
+
+    num = 256 if device == "cpu" else 1000
+    side, channels, heads, out_dim = 7, 2048, 32, 1024
+    shape = f"N={num} C={channels} {side}x{side} H={heads} out={out_dim}"
+    torch.manual_seed(0)
+    pool = AttentionPool2d(side, channels, heads, out_dim).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    x = torch.randn(num, channels, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    prompt = (torch.randn(side, side, channels, device=device, dtype=dtype) * 0.1).requires_grad_()
+    weights = (pool.positional_embedding, pool.q_proj.weight, pool.q_proj.bias, pool.k_proj.weight,
+               pool.k_proj.bias, pool.v_proj.weight, pool.v_proj.bias, pool.c_proj.weight, pool.c_proj.bias, heads)
+    grad = torch.randn(num, out_dim, device=device, dtype=dtype)
+
+    def prompted(x_):
+        return x_ + prompt.permute(2, 0, 1)[None]
+
+    def cls_query_only(x_):
+        """open_clip's pool with token 0 as the only query (keys and values still for all tokens)."""
+        t = x_.flatten(2).permute(2, 0, 1)                                      # [S*S, N, C]
+        t = torch.cat([t.mean(0, keepdim=True), t]) + pool.positional_embedding[:, None]
+        out, _ = F.multi_head_attention_forward(
+            t[:1], t, t, channels, heads, None,
+            torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), None, None, False, 0.0,
+            pool.c_proj.weight, pool.c_proj.bias, training=False, need_weights=False, use_separate_proj_weight=True,
+            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        )
+        return out[0]
+
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
+
+    def forward_backward(fn):
+        def run():
+            prompt.grad = None
+            fn().backward(grad)
+            return prompt.grad
+        return run
+
+    ours = lambda: prompted_attention_pool(x, *weights, prompt=prompt)
+    baselines = {
+        "open_clip": lambda: pool(prompted(x)),
+        "cls-query torch": lambda: cls_query_only(prompted(x)),
+        "fold torch ops": lambda: prompted_attention_pool_ref(x, *weights, prompt=prompt),
+    }
+    cases = []
+    for phase, wrap in (("forward", forward), ("fwd+bwd(prompt)", forward_backward)):
+        for name, baseline in baselines.items():
+            cases.append(Case("attn_pool", phase, "channels_last", shape, name, wrap(baseline), wrap(ours)))
+    return cases
+
+
+OPS = {"roi_align": roi_align_cases, "attn_pool": attn_pool_cases}
 
 
 def run(args: argparse.Namespace) -> dict:

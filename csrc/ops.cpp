@@ -28,4 +28,14 @@ TORCH_LIBRARY(cora, m) {
       "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
       "int sampling_ratio, bool aligned) -> Tensor");
+  // k_proj_bias is not an argument: it adds a per-head constant to the logits, which the softmax
+  // cancels (see csrc/attn_pool.cpp).
+  m.def(
+      "prompted_attn_pool(Tensor x, Tensor positional_embedding, Tensor? prompt, Tensor q_proj_weight, "
+      "Tensor q_proj_bias, Tensor k_proj_weight, Tensor v_proj_weight, Tensor v_proj_bias, "
+      "Tensor c_proj_weight, Tensor c_proj_bias, int num_heads) -> Tensor");
+  m.def(
+      "_prompted_attn_pool_backward(Tensor grad, Tensor x, Tensor positional_embedding, Tensor? prompt, "
+      "Tensor q_proj_weight, Tensor q_proj_bias, Tensor k_proj_weight, Tensor v_proj_weight, "
+      "Tensor v_proj_bias, Tensor c_proj_weight, int num_heads) -> (Tensor, Tensor, Tensor)");
 }

@@ -9,6 +9,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
         f"Cause: {e}"
     ) from e
 
+from cora.ops.attn_pool import PromptedAttentionPool, prompted_attention_pool
 from cora.ops.roi_align import RoIAlign, roi_align
 
-__all__ = ["RoIAlign", "roi_align"]
+__all__ = ["PromptedAttentionPool", "RoIAlign", "prompted_attention_pool", "roi_align"]

@@ -2,6 +2,7 @@
 //
 // Every RoI's bilinear taps (4 offsets + 4 weights per sample) are computed once and reused for all
 // channels.
+#include "cpu/axpy4.h"
 #include "roi_align_check.h"
 #include "roi_align_common.h"
 
@@ -54,25 +55,6 @@ int64_t rows_per_pass(int64_t samples_per_bin, int64_t pooled_w) {
   return std::max<int64_t>(1, kMaxTaps / std::max<int64_t>(1, samples_per_bin * pooled_w));
 }
 
-// acc[c] += w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]: the forward's inner loop.
-template <typename scalar_t, typename acc_t>
-inline void accumulate_tap(acc_t* acc, const scalar_t* p1, const scalar_t* p2, const scalar_t* p3,
-                           const scalar_t* p4, acc_t w1, acc_t w2, acc_t w3, acc_t w4, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    acc[c] += w1 * acc_t(p1[c]) + w2 * acc_t(p2[c]) + w3 * acc_t(p3[c]) + w4 * acc_t(p4[c]);
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-// The float case dominates: compile it for AVX2+FMA too, picked at load time on CPUs that have
-// them, while the library itself stays portable x86-64.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void accumulate_tap(
-    float* acc, const float* p1, const float* p2, const float* p3, const float* p4, float w1,
-    float w2, float w3, float w4, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) acc[c] += w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c];
-}
-#endif
-
 // The input is read channels-last (NCHW input is transposed once per call, a small cost next to
 // K RoIs x PH x PW bins): each tap then reads four contiguous C-vectors, which vectorises, where
 // NCHW would need four scalar gathers per tap and channel. A bin's C values are accumulated in a
@@ -113,7 +95,7 @@ void forward_kernel_impl(const at::Tensor& input_cl, const at::Tensor& rois, dou
           acc_t* acc = tile.data() + b * channels;
           for (int64_t s = rt.bin_start[b]; s < rt.bin_start[b + 1]; ++s) {
             const auto& t = rt.taps[s];
-            accumulate_tap(acc, in_b + t.o1 * channels, in_b + t.o2 * channels, in_b + t.o3 * channels,
+            cpu::axpy4(acc, in_b + t.o1 * channels, in_b + t.o2 * channels, in_b + t.o3 * channels,
                            in_b + t.o4 * channels, t.w1, t.w2, t.w3, t.w4, channels);
           }
         }
