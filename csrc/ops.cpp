@@ -18,6 +18,21 @@ at::Tensor roi_align(
   return op.call(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
 }
 
+at::Tensor prompted_attn_pool(
+    const at::Tensor& x, const at::Tensor& positional_embedding, const std::optional<at::Tensor>& prompt,
+    const at::Tensor& q_proj_weight, const at::Tensor& q_proj_bias, const at::Tensor& k_proj_weight,
+    const at::Tensor& v_proj_weight, const at::Tensor& v_proj_bias, const at::Tensor& c_proj_weight,
+    const at::Tensor& c_proj_bias, int64_t num_heads) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cora::prompted_attn_pool", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, int64_t)>();
+  return op.call(x, positional_embedding, prompt, q_proj_weight, q_proj_bias, k_proj_weight, v_proj_weight,
+                 v_proj_bias, c_proj_weight, c_proj_bias, num_heads);
+}
+
 }  // namespace cora
 
 TORCH_LIBRARY(cora, m) {
