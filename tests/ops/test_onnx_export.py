@@ -52,3 +52,33 @@ def test_roi_align_exports_to_roialign_and_matches_onnxruntime(tmp_path, aligned
         (got,) = session.run(None, {"x": x.numpy(), "rois": rois.numpy()})
         expected = Pool(aligned, sampling_ratio)(x, rois).numpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_prompt", [False, True])
+def test_prompted_attn_pool_exports_to_plain_nodes_and_matches_onnxruntime(tmp_path, with_prompt):
+    from open_clip.modified_resnet import AttentionPool2d
+
+    from cora.ops import PromptedAttentionPool
+
+    torch.manual_seed(0)
+    module = PromptedAttentionPool(AttentionPool2d(5, 32, 4, 16)).eval()
+    if with_prompt:
+        with torch.no_grad():
+            module.prompt.normal_()
+    x = torch.randn(3, 32, 5, 5)
+    path = tmp_path / "attn_pool.onnx"
+    program = torch.onnx.export(
+        module, (x,), dynamo=True, opset_version=ONNX_OPSET, custom_translation_table=ONNX_TRANSLATIONS,
+        dynamic_shapes={"x": {0: "regions"}},
+    )
+    program.save(str(path))
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Softmax" in ops and "MatMul" in ops
+    assert all(node.domain in ("", "ai.onnx") for node in onnx.load(str(path)).graph.node)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (3, 1, 17):
+        x = torch.randn(n, 32, 5, 5)
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-4, atol=1e-5)
