@@ -117,7 +117,7 @@ at::Tensor prompted_attn_pool_forward(
   const int64_t step = chunk_size(num_heads, channels);
   for (int64_t i0 = 0; i0 < num; i0 += step) {
     const int64_t n = std::min(step, num - i0);
-    const at::Tensor xc = tokens.narrow(0, i0, n).contiguous();  // [n, S*S, C]
+    const at::Tensor xc = tokens.narrow(0, i0, n);  // [n, S*S, C], strided for NCHW x
     const at::Tensor mean = xc.mean(1);                           // [n, C], token 0 before pos
     const at::Tensor q = at::linear(mean + pos[0], q_proj_weight, q_proj_bias);
     // Keys in the accumulation type: half-precision logits would quantise the softmax.

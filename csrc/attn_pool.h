@@ -13,7 +13,8 @@ namespace cora {
 // t_0 = mean[i] + pos[0], t_j = x[i, j - 1] + pos[j] (j = 1 .. S*S),
 //   z[h, i, :] = sum_j softmax_j(keys[h, i, :] . t_j) t_j.
 // keys [H, n, C] in the accumulation type (float for half types, already scaled by 1/sqrt(d));
-// x [n, S*S, C], mean [n, C], pos [L, C] and z [H, n, C] in the input dtype; all contiguous.
+// x [n, S*S, C] (any strides: a view of NCHW or channels-last x), mean [n, C], pos [L, C] and
+// z [H, n, C] in the input dtype, contiguous but x.
 // Logits, softmax and the weighted sum are computed in the accumulation type.
 using AttendFn = void (*)(const at::Tensor& keys, const at::Tensor& x, const at::Tensor& mean,
                           const at::Tensor& pos, at::Tensor& z);

@@ -27,6 +27,7 @@ void attend_kernel_impl(const at::Tensor& keys, const at::Tensor& x, const at::T
   const int64_t spatial = x.size(1), tokens = spatial + 1;
   const acc_t* key_data = keys.const_data_ptr<acc_t>();
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+  const int64_t x_stride[3] = {x.stride(0), x.stride(1), x.stride(2)};
   const scalar_t* mean_data = mean.const_data_ptr<scalar_t>();
   const scalar_t* pos_data = pos.const_data_ptr<scalar_t>();
   scalar_t* z_data = z.mutable_data_ptr<scalar_t>();
@@ -42,10 +43,15 @@ void attend_kernel_impl(const at::Tensor& keys, const at::Tensor& x, const at::T
     at::Tensor acc_t_ = at::from_blob(acc.data(), {same_type ? 0 : heads, channels}, acc_options);
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t j = 0; j < tokens; ++j) {
-        const scalar_t* u = j == 0 ? mean_data + i * channels : x_data + (i * spatial + j - 1) * channels;
         const scalar_t* p = pos_data + j * channels;
         acc_t* t = tok.data() + j * channels;
-        for (int64_t c = 0; c < channels; ++c) t[c] = acc_t(u[c]) + acc_t(p[c]);
+        if (j == 0) {
+          const scalar_t* u = mean_data + i * channels;
+          for (int64_t c = 0; c < channels; ++c) t[c] = acc_t(u[c]) + acc_t(p[c]);
+        } else {
+          const scalar_t* u = x_data + i * x_stride[0] + (j - 1) * x_stride[1];
+          for (int64_t c = 0; c < channels; ++c) t[c] = acc_t(u[c * x_stride[2]]) + acc_t(p[c]);
+        }
       }
       // Region i's keys are rows i, n + i, 2n + i, ... of keys [H, n, C].
       const at::Tensor keys_i = at::from_blob(const_cast<acc_t*>(key_data + i * channels), {heads, channels},
