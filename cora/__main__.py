@@ -1,0 +1,5 @@
+import sys
+
+from cora.cli import main
+
+sys.exit(main())

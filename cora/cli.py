@@ -1,0 +1,101 @@
+"""The `cora` command line: `python -m cora <command> --help`.
+
+Commands: detect. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class CLIError(Exception):
+    """A failure worth one line to the user (bad input, missing weights), not a traceback."""
+
+
+def add_detect_parser(sub) -> None:
+    p = sub.add_parser(
+        "detect", help="detect objects named by a vocabulary in images",
+        description="Runs CORA on images; writes an annotated PNG and a JSON of detections per image.",
+    )
+    p.add_argument("images", nargs="+", help="image files (any format PIL reads; gray, RGBA and 16-bit are converted)")
+    vocab = p.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab", help='class names, comma-separated, e.g. "cat,dog,traffic light"')
+    vocab.add_argument("--vocab-file", help="a .txt file (one class name per line) or a COCO/LVIS json")
+    p.add_argument("--preset", default="rn50_coco", help="model preset (default: rn50_coco; see cora.config.PRESETS)")
+    p.add_argument("--checkpoint", default=None, help="a cora checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint file for the CLIP backbone "
+                   "(default: the preset's open_clip tag, which needs the model hub)")
+    p.add_argument("--random-init", action="store_true", help="random CORA and CLIP weights: try the pipeline without weights")
+    p.add_argument("--out", default="detections", help="output folder (default: ./detections)")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="draw and save detections above this score (default: 0.3)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(run=run_detect)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from cora.config import get_preset
+    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.io import draw_detections, read_image, write_detections_json
+    from cora.modeling.detector import CORA
+    from cora.modeling.text import load_vocabulary
+
+    if args.checkpoint is None and not args.random_init:
+        raise CLIError("no CORA weights: pass --checkpoint DIR (import the official release with `cora convert`), "
+                       "or --random-init to try the pipeline with random weights")
+    try:
+        names = load_vocabulary(args.vocab if args.vocab is not None else args.vocab_file)
+        if args.checkpoint is not None:
+            state, cfg = load_checkpoint(args.checkpoint)
+        else:
+            state, cfg = None, get_preset(args.preset)
+        images = [read_image(path) for path in args.images]
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise CLIError(str(e)) from e
+    try:
+        model = CORA.from_config(cfg, clip_weights=args.clip_weights, random_init=args.random_init)
+    except (RuntimeError, OSError) as e:
+        raise CLIError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({e}); without the model hub, "
+                       "pass --clip-weights PATH to a local open_clip checkpoint") from e
+    if state is not None:
+        load_into(model, state)
+    model = model.to(args.device).eval()
+    text = model.encode_vocabulary(names)
+
+    for path, image in tqdm(list(zip(args.images, images)), desc="detect", unit="image", disable=len(images) < 2):
+        (det,) = model.detect([torch.from_numpy(image).permute(2, 0, 1).float().div(255)], text_embeddings=text)
+        keep = det["scores"] > args.score_threshold
+        det = {k: v[keep].cpu() for k, v in det.items()}
+        write_detections_json(args.out, path, det, names)
+        draw_detections(args.out, path, image, det, names)
+    print(f"wrote {len(images)} result(s) to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cora", description="CORA open-vocabulary detection toolkit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    add_detect_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CLIError as e:
+        print(f"cora {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The CORA model: CLIP backbone, text embeddings, region classifier, pre-matching, localizer."""

@@ -1,0 +1,172 @@
+"""The CORA detector: CLIP backbone, anchor pre-matching, DAB-DETR localizer, region classifier.
+
+Data flow for a batch of padded images [B, 3, H, W] (RGB in [0, 1]) and a vocabulary of K classes:
+
+    layer3 = CLIP stem..layer3 (stride 16)                [B, C3, H/16, W/16]
+    layer4 = CLIP layer4 on the whole map (stride 32)     [B, C4, H/32, W/32]
+    pre-matching: each of the Q anchors is pooled from layer4 (RoIAlign + prompted attention pool),
+        matched to its most similar class, content query = MLP(text embedding of that class)
+    localizer: one decoder pass for all classes         boxes [L, B, Q, 4], objectness [L, B, Q]
+    region classifier on the final boxes                 class logits [B, Q, K]
+    postprocess: every box x every class, per-class NMS, top M
+
+Cost is flat in K apart from the two cosine products (see benchmarks/vocab_scaling.py).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cora.config import CORAConfig
+from cora.modeling.backbone import build_backbone
+from cora.modeling.localizer import DABLocalizer
+from cora.modeling.postprocess import cxcywh_to_xyxy, postprocess
+from cora.modeling.prematch import AnchorPreMatcher
+from cora.modeling.region_classifier import RegionClassifier
+from cora.modeling.text import TextEmbedder, load_vocabulary
+
+SIZE_DIVISIBILITY = 32  # layer4 stride: padded sizes are multiples of it
+
+
+class CORA(nn.Module):
+    """forward(images, image_sizes, text_embeddings, class_prior=None) -> dict (training and export);
+    detect(images, vocabulary or text_embeddings, class_prior=None) -> detections (inference)."""
+
+    def __init__(self, cfg: CORAConfig, backbone, clip_model, text_embedder: TextEmbedder | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.region_classifier = RegionClassifier(backbone, temperature=cfg.temperature)
+        self.prematcher = AnchorPreMatcher(
+            backbone, self.region_classifier.pool, text_dim=backbone.embed_dim,
+            hidden_dim=cfg.localizer.hidden_dim, temperature=cfg.temperature,
+        )
+        lc = cfg.localizer
+        self.localizer = DABLocalizer(
+            backbone.layer3_channels, hidden_dim=lc.hidden_dim, num_queries=lc.num_queries, num_heads=lc.num_heads,
+            num_encoder_layers=lc.num_encoder_layers, num_decoder_layers=lc.num_decoder_layers,
+            dim_feedforward=lc.dim_feedforward, dropout=lc.dropout,
+        )
+        # The text tower is used, never trained: kept out of the module tree (and out of checkpoints).
+        self._clip_model = [clip_model]
+        self.text_embedder = text_embedder
+
+    @classmethod
+    def from_config(cls, cfg: CORAConfig, clip_weights: str | None = None, random_init: bool = False,
+                    text_cache_dir: str | None = None) -> "CORA":
+        """CLIP weights: `clip_weights` (a local file), else the config's open_clip tag, else (with
+        `random_init`) random. Learned CORA weights are loaded separately (cora.engine.checkpoint)."""
+        import open_clip
+
+        pretrained = None if (random_init or clip_weights) else cfg.backbone.pretrained
+        backbone, clip_model = build_backbone(cfg.backbone.clip_model, pretrained=pretrained, weights_path=clip_weights)
+        model_key = f"{cfg.backbone.clip_model}/{clip_weights or pretrained or 'random'}"
+        tokenizer = open_clip.get_tokenizer("RN50")  # all CLIP ResNets share OpenAI's BPE tokenizer
+        embedder = TextEmbedder(clip_model, tokenizer, model_key, cache_dir=None if random_init else text_cache_dir)
+        return cls(cfg, backbone, clip_model, embedder)
+
+    def learned_state_dict(self) -> dict[str, Tensor]:
+        """What training changes (prompt, localizer, text projection), without the frozen CLIP weights."""
+        seen = {t.data_ptr() for t in self._clip_model[0].state_dict().values()}
+        learned = {}
+        for k, v in self.state_dict().items():  # a tensor shared by two modules is kept once
+            if v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                learned[k] = v
+        return learned
+
+    def encode_vocabulary(self, vocabulary: str | Sequence[str]) -> Tensor:
+        """Class names (list, comma-separated string, .txt or COCO/LVIS json) -> Tensor[K, D]."""
+        if self.text_embedder is None:
+            raise ValueError("this model has no text encoder: pass text_embeddings instead of a vocabulary")
+        return self.text_embedder(load_vocabulary(vocabulary)).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.localizer.anchors().device
+
+    def forward(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
+                class_prior: Tensor | None = None) -> dict[str, Tensor]:
+        """
+        Args:
+            images: Tensor[B, 3, H, W] RGB in [0, 1], padded at the bottom/right; H, W multiples of 32.
+            image_sizes: Tensor[B, 2] (h, w) of the un-padded images in pixels.
+            text_embeddings: Tensor[K, D] L2-normalised class embeddings.
+            class_prior: optional Tensor[K] multiplying the pre-matching probabilities.
+        Returns a dict:
+            "boxes": Tensor[L, B, Q, 4] normalised cxcywh (relative to the un-padded image), per decoder layer;
+            "objectness": Tensor[L, B, Q] logits; "classes": Tensor[B, Q] pre-matched class per query;
+            "class_logits": Tensor[B, Q, K] region-classifier logits of the last layer's boxes.
+        """
+        b, _, h, w = images.shape
+        x = self.backbone.normalize(images)
+        layer3 = self.backbone.features(x)                              # [B, C3, H/16, W/16]
+        layer4 = self.backbone.layer4_map(layer3)                       # [B, C4, H/32, W/32]
+        matched = self.prematcher(layer4, self.localizer.anchors(), image_sizes, (h, w), text_embeddings, class_prior)
+        mask = padding_mask(image_sizes, layer3.shape[-2:], self.backbone.stride)  # [B, H/16, W/16]
+        out = self.localizer(layer3, mask, matched["content_queries"])
+        sizes = image_sizes.flip(-1).repeat(1, 2).to(layer3.dtype)      # [B, 4] (w, h, w, h)
+        boxes_px = cxcywh_to_xyxy(out["boxes"][-1]) * sizes[:, None]    # [B, Q, 4] pixels
+        logits = self.region_classifier(layer3, list(boxes_px.detach()), text_embeddings)
+        return {"boxes": out["boxes"], "objectness": out["objectness"], "classes": matched["classes"],
+                "class_logits": logits.view(b, -1, text_embeddings.shape[0])}
+
+    @torch.no_grad()
+    def detect(self, images: Tensor | Sequence[Tensor], vocabulary: str | Sequence[str] | None = None,
+               text_embeddings: Tensor | None = None, class_prior: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image, boxes xyxy in the input images' pixels.
+
+        images: Tensor[B, 3, H, W] or a list of Tensor[3, H_i, W_i], RGB float in [0, 1].
+        Give the vocabulary (names) or its text_embeddings [K, D]. Returns B dicts with "boxes" [M, 4],
+        "scores" [M], "labels" [M] (indices into the vocabulary).
+        """
+        if (vocabulary is None) == (text_embeddings is None):
+            raise ValueError("give exactly one of vocabulary (class names) and text_embeddings [K, D]")
+        if text_embeddings is None:
+            text_embeddings = self.encode_vocabulary(vocabulary)
+        if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
+            raise ValueError(f"text_embeddings must be Tensor[K, D] with K >= 1, got {list(text_embeddings.shape)}")
+        batch, sizes, originals = self.preprocess(images)
+        out = self.forward(batch, sizes, text_embeddings.to(batch), class_prior)
+        ic = self.cfg.inference
+        return postprocess(out["class_logits"], out["objectness"][-1], out["boxes"][-1], originals,
+                           ic.score_threshold, ic.nms_iou, ic.max_detections, ic.pre_nms_topk)
+
+    def preprocess(self, images: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Resize (shorter side min_size, longer <= max_size), pad to a multiple of 32.
+
+        Returns the batch [B, 3, H, W], the resized sizes [B, 2] and the original sizes [B, 2] (h, w).
+        """
+        if isinstance(images, Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be Tensor[B, 3, H, W] or a list of Tensor[3, H, W], got {list(images.shape)}")
+            images = list(images)
+        resized, originals = [], []
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
+                raise ValueError(f"images[{i}] must be a float Tensor[3, H, W] in [0, 1], got {getattr(img, 'shape', type(img))}")
+            h, w = img.shape[-2:]
+            scale = min(self.cfg.inference.min_size / min(h, w), self.cfg.inference.max_size / max(h, w))
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            resized.append(F.interpolate(img[None].to(self.device), size=size, mode="bilinear", antialias=True,
+                                         align_corners=False)[0].clamp(0, 1))
+            originals.append((h, w))
+        hs, ws = [r.shape[1] for r in resized], [r.shape[2] for r in resized]
+        ph, pw = (-(-max(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in (hs, ws))
+        batch = resized[0].new_zeros(len(resized), 3, ph, pw)
+        for i, r in enumerate(resized):
+            batch[i, :, : r.shape[1], : r.shape[2]] = r
+        sizes = torch.tensor(list(zip(hs, ws)), device=batch.device)
+        return batch, sizes, torch.tensor(originals, device=batch.device)
+
+
+def padding_mask(image_sizes: Tensor, map_size: tuple[int, int], stride: int) -> Tensor:
+    """Tensor[B, h, w] bool, True where a feature-map cell lies in the padding (DETR convention)."""
+    h, w = map_size
+    ys = torch.arange(h, device=image_sizes.device) * stride
+    xs = torch.arange(w, device=image_sizes.device) * stride
+    return (ys[None, :, None] >= image_sizes[:, 0, None, None]) | (xs[None, None, :] >= image_sizes[:, 1, None, None])

@@ -1,0 +1,163 @@
+"""CORA's region classifier: CLIP's layer4 + prompted attention pooling on RoIAligned boxes, cosine with text.
+
+Region prompting (CORA, sec. 3.2): the image goes once through CLIP's stem and layer1..layer3 (stride 16).
+Each box is RoIAligned from that map to `roi_side` x `roi_side` (14 for RN50, 18 for RN50x4), run through
+CLIP's layer4 (down to `pool_side` = 7 / 9) and CLIP's attention pool with a learned region prompt P
+(`[S, S, C]`, zero-initialised, the only trained weights) added to the pooled tokens. The L2-normalised
+embedding is compared with the class text embeddings by cosine similarity, scaled by a temperature (100).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cora.ops import PromptedAttentionPool, roi_align
+
+
+class RegionClassifier(nn.Module):
+    """Classify boxes against text embeddings with CLIP and a region prompt.
+
+    Args:
+        backbone: a `CLIPBackbone` (frozen). Its `layer4`, `attnpool`, `roi_side`, `stride`,
+            `layer3_channels` and `embed_dim` are used.
+        temperature: logit scale applied to the cosine similarity (CLIP's 100).
+
+    Attributes:
+        pool: `cora.ops.PromptedAttentionPool(backbone.attnpool)`; `pool.prompt` is the trainable
+            region prompt, Tensor[S, S, C4] with S = `backbone.pool_side`, zero-initialised (so the
+            untrained classifier is plain CLIP on each crop). The anchor pre-matcher shares it.
+    """
+
+    def __init__(self, backbone: nn.Module, temperature: float = 100.0):
+        super().__init__()
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+            raise ValueError(f"RegionClassifier: temperature must be a positive number, got {temperature!r}")
+        self.backbone = backbone
+        self.pool = PromptedAttentionPool(backbone.attnpool)
+        self.temperature = float(temperature)
+
+    def region_embeddings(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
+        """L2-normalised CLIP embeddings of boxes.
+
+        Args:
+            features: Tensor[B, C3, h, w], CLIP's layer3 map (`backbone.features`), stride 16.
+            boxes: list of B Tensor[N_i, 4], boxes of image i as pixel `xyxy` in the (padded) input
+                image. N_i may be 0.
+
+        Returns:
+            Tensor[sum N_i, D] (D = `backbone.embed_dim`), rows in the order of the boxes (image 0
+            first), unit L2 norm, in the dtype of `features`.
+        """
+        self._check_features(features)
+        if not isinstance(boxes, (list, tuple)) or len(boxes) != features.shape[0]:
+            got = f"a {type(boxes).__name__} of length {len(boxes)}" if isinstance(boxes, (list, tuple)) \
+                else type(boxes).__name__
+            raise ValueError(
+                f"RegionClassifier: boxes must be a list of B = {features.shape[0]} Tensor[N_i, 4] (one per image "
+                f"of features), got {got}"
+            )
+        backbone = self.backbone
+        # [N, C3, roi_side, roi_side]; sampling_ratio -1: adaptive, aligned: pixel centres at +0.5.
+        regions = roi_align(features, list(boxes), backbone.roi_side, 1.0 / backbone.stride, -1, True)
+        regions = backbone.layer4(regions)  # [N, C4, pool_side, pool_side]
+        return F.normalize(self.pool(regions), dim=-1)  # [N, D]
+
+    def forward(self, features: Tensor, boxes: list[Tensor], text_embeddings: Tensor) -> Tensor:
+        """Class logits of boxes: `temperature * cos(region embedding, text embedding)`.
+
+        Args:
+            features: Tensor[B, C3, h, w] layer3 map (see `region_embeddings`).
+            boxes: list of B Tensor[N_i, 4] pixel `xyxy` boxes.
+            text_embeddings: Tensor[K, D] class embeddings (normalised here; K >= 1).
+
+        Returns:
+            Tensor[sum N_i, K] logits, float32 (float64 for float64 features). Softmax with a
+            background logit of 0 (see `cora.modeling.postprocess`) gives class probabilities.
+        """
+        embeddings = self.region_embeddings(features, boxes)  # [N, D]
+        return cosine_logits(embeddings, text_embeddings, self.temperature, self.backbone.embed_dim)
+
+    @torch.no_grad()
+    def load_prompt(self, state: Tensor) -> None:
+        """Load a region prompt, in the paper's form or in the official code's form.
+
+        Args:
+            state: either
+                - the paper form, the prompt P itself: Tensor[S, S, C4] (S = `backbone.pool_side`);
+                - the official code's form, the fine-tuned attention-pool positional embedding pe':
+                  Tensor[S*S+1, C4] (row 0 is the mean/query token's). Adding P to the S*S tokens
+                  equals pooling with `pe + [mean(P); P]`, so P = pe'[1:] - pe[1:] (pe: CLIP's own
+                  positional embedding, `backbone.attnpool.positional_embedding`), and pe'[0] - pe[0]
+                  must equal mean(P); a pe' whose row 0 was fine-tuned on its own is not of this family.
+
+        Raises:
+            ValueError: `state` is not a tensor of one of the two shapes, has non-finite values, or is an
+                official-form embedding with `pe'[0] - pe[0] != mean(pe'[1:] - pe[1:])` (beyond rounding).
+        """
+        prompt = self.pool.prompt
+        side_h, side_w, channels = prompt.shape
+        tokens = side_h * side_w + 1
+        if not isinstance(state, Tensor) or not state.is_floating_point():
+            got = f"a {state.dtype} tensor" if isinstance(state, Tensor) else type(state).__name__
+            raise ValueError(f"load_prompt: state must be a floating-point Tensor, got {got}")
+        if tuple(state.shape) == (side_h, side_w, channels):
+            new_prompt = state.detach()
+        elif tuple(state.shape) == (tokens, channels):
+            new_prompt = self._prompt_from_positional_embedding(state.detach())
+        else:
+            raise ValueError(
+                f"load_prompt: state must be the prompt Tensor[S, S, C] = [{side_h}, {side_w}, {channels}] or a "
+                f"positional embedding Tensor[S*S+1, C] = [{tokens}, {channels}], got {list(state.shape)}"
+            )
+        if not bool(torch.isfinite(state).all()):
+            raise ValueError("load_prompt: state has non-finite values")
+        prompt.copy_(new_prompt.to(device=prompt.device, dtype=prompt.dtype))
+
+    def _prompt_from_positional_embedding(self, pe_new: Tensor) -> Tensor:
+        """Official form -> Tensor[S, S, C] prompt (see `load_prompt`), checked in float64."""
+        side_h, side_w, channels = self.pool.prompt.shape
+        pe = self.pool.attnpool.positional_embedding.detach()
+        delta = pe_new.to(device=pe.device, dtype=torch.float64) - pe.to(torch.float64)  # [S*S+1, C]
+        prompt = delta[1:]  # [S*S, C]; token 1 + i*S + j is spatial position (i, j)
+        mismatch = (delta[0] - prompt.mean(dim=0)).abs().max().item()
+        # Rounding of pe' (and of pe) is all that may separate the two sides.
+        eps = max(torch.finfo(pe_new.dtype).eps, torch.finfo(pe.dtype).eps)
+        scale = max(1.0, pe_new.abs().max().item(), pe.abs().max().item())
+        if not mismatch <= 16 * eps * scale:
+            raise ValueError(
+                "load_prompt: state looks like an official-form positional embedding [S*S+1, C], but its row 0 is not "
+                f"pe[0] + mean(P) for P = state[1:] - pe[1:] (max abs difference {mismatch:.3g}, tolerance "
+                f"{16 * eps * scale:.3g}): it is not equivalent to a region prompt added to the tokens"
+            )
+        return prompt.reshape(side_h, side_w, channels)  # [S, S, C]
+
+    def effective_positional_embedding(self) -> Tensor:
+        """The official form of the current prompt: `pe + [mean(P); P]`, Tensor[S*S+1, C4]."""
+        prompt = self.pool.prompt.detach()
+        pe = self.pool.attnpool.positional_embedding.detach()
+        tokens = prompt.reshape(-1, prompt.shape[-1]).to(pe.dtype)  # [S*S, C]
+        return pe + torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+
+    def _check_features(self, features: Tensor) -> None:
+        channels = self.backbone.layer3_channels
+        if not isinstance(features, Tensor) or features.dim() != 4 or features.shape[1] != channels:
+            got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"RegionClassifier: features must be the layer3 map Tensor[B, {channels}, h, w], got {got}"
+            )
+
+
+def cosine_logits(embeddings: Tensor, text_embeddings: Tensor, temperature: float, dim: int) -> Tensor:
+    """`temperature * normalize(embeddings) @ normalize(text_embeddings).T`, in float32 or wider.
+
+    embeddings: Tensor[..., D]; text_embeddings: Tensor[K, D] (D must equal `dim`). Returns Tensor[..., K].
+    """
+    if not isinstance(text_embeddings, Tensor) or text_embeddings.dim() != 2 or text_embeddings.shape[1] != dim:
+        got = list(text_embeddings.shape) if isinstance(text_embeddings, Tensor) else type(text_embeddings).__name__
+        raise ValueError(f"text_embeddings must be Tensor[K, {dim}] (K classes), got {got}")
+    dtype = torch.promote_types(torch.promote_types(embeddings.dtype, text_embeddings.dtype), torch.float32)
+    image = F.normalize(embeddings.to(dtype), dim=-1)
+    text = F.normalize(text_embeddings.to(device=embeddings.device, dtype=dtype), dim=-1)
+    return temperature * (image @ text.transpose(0, 1))  # [..., K]

@@ -1,0 +1,220 @@
+"""Class-name vocabularies and their CLIP text embeddings (prompt-ensembled, cached on disk).
+
+    names = load_vocabulary("instances_val2017.json")        # or "cat, dog", ["cat", "dog"], names.txt
+    embed = TextEmbedder(clip, open_clip.get_tokenizer("RN50"), model_key="RN50/openai", cache_dir="~/.cache/cora")
+    text_embeddings = embed(names)                            # Tensor[K, D], unit rows
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+# The 80 prompt templates of OpenAI's ImageNet zero-shot evaluation, "{}" standing for the class name.
+IMAGENET_TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+
+_CACHE_VERSION = 1  # bump when the embedding recipe changes: old cache files are then ignored
+
+
+def load_vocabulary(source: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Class names, in order, from one of:
+
+    - a sequence of names, e.g. `["cat", "dog"]`;
+    - a comma-separated string, e.g. `"cat, dog"`;
+    - a `.txt` file: one name per line; blank lines and lines starting with `#` are skipped;
+    - a `.json` file in COCO / LVIS format: `categories` sorted by `id`, their `name` field (a bare list of
+      category dicts works too). LVIS names (categories with a `synset`) get underscores replaced by spaces
+      ("traffic_light" -> "traffic light"), as CLIP prompts need.
+
+    Names are stripped of surrounding whitespace. An empty vocabulary, an empty name or a duplicated name is
+    a ValueError (the class index is the row of the text embeddings).
+    """
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.lower().endswith((".txt", ".json"))):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"source {path!r} looks like a vocabulary file but does not exist")
+        names = _names_from_json(path) if path.lower().endswith(".json") else _names_from_txt(path)
+    elif isinstance(source, str):
+        names = [part.strip() for part in source.split(",")]
+        names = [n for n in names if n] if source.strip() else []
+    elif isinstance(source, Sequence):
+        names = list(source)
+    else:
+        raise TypeError(f"source must be a list of names, a comma-separated string or a .txt / .json path, "
+                        f"got {type(source).__name__}")
+    return check_names(names, "source")
+
+
+def check_names(names: Sequence[str], argument: str = "names") -> list[str]:
+    """Validate a vocabulary: non-empty, non-empty str names, no duplicates. Returns the stripped names."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{argument} must be a sequence of class names, got {type(names).__name__}")
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"{argument}[{i}] must be a str, got {type(name).__name__}")
+        if not name.strip():
+            raise ValueError(f"{argument}[{i}] is an empty class name")
+        out.append(name.strip())
+    if not out:
+        raise ValueError(f"{argument} gives an empty vocabulary: at least one class name is needed")
+    duplicates = sorted(name for name, count in Counter(out).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{argument} has duplicated class names: {duplicates}")
+    return out
+
+
+def _names_from_txt(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _names_from_json(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    categories = data.get("categories") if isinstance(data, dict) else data
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and "name" in c and "id" in c
+                                                   for c in categories):
+        raise ValueError(f"source {path!r} must be a COCO / LVIS json with a 'categories' list of "
+                         "{'id': ..., 'name': ...} entries")
+    categories = sorted(categories, key=lambda c: c["id"])
+    return [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
+
+
+class TextEmbedder:
+    """Prompt-ensembled CLIP text embeddings of class names, cached on disk.
+
+    For each name: encode every template with `clip_model.encode_text`, L2-normalise each embedding,
+    average over templates, L2-normalise again (OpenAI's zero-shot recipe; computed in float32).
+
+    Args:
+        clip_model: an open_clip CLIP (anything with `encode_text(tokens: Tensor[N, L]) -> Tensor[N, D]`).
+        tokenizer: `open_clip.get_tokenizer(...)`: list[str] -> LongTensor[N, L].
+        model_key: identifies the text weights, e.g. "RN50/openai" or a checkpoint hash; part of the cache key,
+            so two different weights must never share a key.
+        cache_dir: folder for the cache files (created on demand); None disables caching.
+        templates: prompt templates, each with one "{}" for the name.
+        batch_size: prompts per `encode_text` call.
+
+    The cache file is `text_<sha256(model_key, templates, names)[:32]>.safetensors`, written atomically
+    (temporary file + `os.replace`), so concurrent processes never read a half-written file.
+    """
+
+    def __init__(self, clip_model, tokenizer, model_key: str, cache_dir: str | None = None,
+                 templates: Sequence[str] = IMAGENET_TEMPLATES, batch_size: int = 256):
+        if not callable(getattr(clip_model, "encode_text", None)):
+            raise TypeError(f"clip_model must have an encode_text method, got {type(clip_model).__name__}")
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be callable (list[str] -> Tensor[N, L]), got {type(tokenizer).__name__}")
+        if not isinstance(model_key, str) or not model_key:
+            raise ValueError(f"model_key must be a non-empty str identifying the weights, got {model_key!r}")
+        if isinstance(templates, str) or not templates:
+            raise ValueError(f"templates must be a non-empty sequence of str, got {templates!r}")
+        for i, template in enumerate(templates):
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise ValueError(f"templates[{i}] must be a str with exactly one '{{}}', got {template!r}")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.clip_model = clip_model
+        self.tokenizer = tokenizer
+        self.model_key = model_key
+        self.cache_dir = os.path.expanduser(os.fspath(cache_dir)) if cache_dir is not None else None
+        self.templates = tuple(templates)
+        self.batch_size = batch_size
+
+    def __call__(self, names: Sequence[str]) -> Tensor:
+        """Class names (K) -> Tensor[K, D] float32, unit-norm rows, on the CLIP model's device."""
+        names = check_names(names, "names")
+        device = self._device()
+        path = self.cache_path(names)
+        if path is not None:
+            cached = self._read_cache(path, names)
+            if cached is not None:
+                return cached.to(device)
+        embeddings = self._encode(names)
+        if path is not None:
+            self._write_cache(path, names, embeddings)
+        return embeddings
+
+    def cache_path(self, names: Sequence[str]) -> str | None:
+        """The cache file for these names (None when caching is off)."""
+        if self.cache_dir is None:
+            return None
+        return os.path.join(self.cache_dir, f"text_{self._key(list(names))[:32]}.safetensors")
+
+    def _key(self, names: list[str]) -> str:
+        payload = json.dumps({"version": _CACHE_VERSION, "model_key": self.model_key,
+                              "templates": list(self.templates), "names": names}, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def _device(self) -> torch.device:
+        params = getattr(self.clip_model, "parameters", None)
+        first = next(iter(params()), None) if callable(params) else None
+        return first.device if first is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def _encode(self, names: list[str]) -> Tensor:
+        prompts = [template.format(name) for name in names for template in self.templates]  # name-major, K*T
+        was_training = getattr(self.clip_model, "training", False)
+        if was_training:
+            self.clip_model.eval()
+        try:
+            chunks = []
+            for start in range(0, len(prompts), self.batch_size):
+                tokens = self.tokenizer(prompts[start:start + self.batch_size]).to(self._device())
+                chunks.append(self.clip_model.encode_text(tokens).float())
+        finally:
+            if was_training:
+                self.clip_model.train()
+        per_prompt = F.normalize(torch.cat(chunks), dim=-1)                     # [K*T, D]
+        per_name = per_prompt.view(len(names), len(self.templates), -1).mean(1)  # [K, T, D] -> [K, D]
+        return F.normalize(per_name, dim=-1)
+
+    def _read_cache(self, path: str, names: list[str]) -> Tensor | None:
+        if not os.path.isfile(path):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                embeddings = f.get_tensor("embeddings")
+        except Exception as e:  # unreadable / truncated by something other than us: recompute
+            logger.warning("text embedding cache %s is unreadable (%s); recomputing", path, e)
+            return None
+        if (meta.get("model_key") != self.model_key or meta.get("names") != json.dumps(names, ensure_ascii=False)
+                or meta.get("templates") != json.dumps(list(self.templates), ensure_ascii=False)
+                or embeddings.shape[0] != len(names)):
+            logger.warning("text embedding cache %s does not match its key; recomputing", path)
+            return None
+        return embeddings.float()
+
+    def _write_cache(self, path: str, names: list[str], embeddings: Tensor) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(self.cache_dir, exist_ok=True)
+        metadata = {"model_key": self.model_key, "names": json.dumps(names, ensure_ascii=False),
+                    "templates": json.dumps(list(self.templates), ensure_ascii=False),
+                    "version": str(_CACHE_VERSION)}
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".text_", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise

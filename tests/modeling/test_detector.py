@@ -1,0 +1,91 @@
+"""The CORA detector end to end on the tiny preset (random weights, CPU)."""
+
+import pytest
+import torch
+
+from cora.config import get_preset
+from cora.engine.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cora.modeling.detector import CORA, padding_mask
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CORA.from_config(get_preset("tiny"), random_init=True).eval()
+
+
+def text(k, dim, seed=0):
+    t = torch.randn(k, dim, generator=torch.Generator().manual_seed(seed))
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+def test_forward_shapes_through_every_stage(model):
+    cfg = get_preset("tiny")
+    images = torch.rand(2, 3, 96, 128)
+    sizes = torch.tensor([[96, 128], [70, 100]])
+    out = model(images, sizes, text(5, model.backbone.embed_dim))
+    layers, q = cfg.localizer.num_decoder_layers, cfg.localizer.num_queries
+    assert out["boxes"].shape == (layers, 2, q, 4) and out["objectness"].shape == (layers, 2, q)
+    assert out["classes"].shape == (2, q) and out["classes"].dtype == torch.int64
+    assert out["class_logits"].shape == (2, q, 5)
+    assert ((out["boxes"] > 0) & (out["boxes"] < 1)).all()
+    assert (out["class_logits"].abs() <= cfg.temperature + 1e-3).all()  # temperature * cosine
+
+
+@pytest.mark.parametrize("k", [1, 2, 65, 1203])
+def test_any_vocabulary_size(model, k):
+    (det,) = model.detect([torch.rand(3, 90, 120)], text_embeddings=text(k, model.backbone.embed_dim))
+    assert det["boxes"].shape[1] == 4 and det["labels"].max() < k
+    assert len(det["scores"]) <= get_preset("tiny").inference.max_detections
+
+
+def test_detect_with_names_and_boxes_in_original_pixels(model):
+    images = [torch.rand(3, 300, 200), torch.rand(3, 64, 500)]
+    dets = model.detect(images, vocabulary="cat,dog,traffic light")
+    for img, det in zip(images, dets):
+        h, w = img.shape[1:]
+        assert (det["boxes"][:, [0, 2]] <= w).all() and (det["boxes"][:, [1, 3]] <= h).all()
+        assert (det["boxes"] >= 0).all() and det["labels"].max() < 3
+
+
+def test_class_prior_reaches_prematching(model):
+    images, sizes = torch.rand(1, 3, 96, 96), torch.tensor([[96, 96]])
+    t = text(3, model.backbone.embed_dim)
+    prior = torch.tensor([0.0, 0.0, 1.0])
+    out = model(images, sizes, t, class_prior=prior)
+    assert (out["classes"] == 2).all()
+
+
+def test_padding_mask():
+    mask = padding_mask(torch.tensor([[32, 48]]), (3, 4), 16)
+    expected = torch.tensor([[[0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1]]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    with torch.no_grad():
+        for p in model.learned_state_dict().values():
+            p.add_(torch.randn_like(p) * 0.01)  # not the initial values
+    save_checkpoint(tmp_path / "ckpt", model.learned_state_dict(), model.cfg)
+    state, cfg = load_checkpoint(tmp_path / "ckpt")
+    assert cfg == model.cfg
+    torch.manual_seed(1)
+    fresh = CORA.from_config(cfg, random_init=True).eval()
+    fresh.backbone.load_state_dict(model.backbone.state_dict())  # same (random) CLIP weights
+    load_into(fresh, state)
+    images, sizes, t = torch.rand(1, 3, 64, 96), torch.tensor([[64, 96]]), text(4, model.backbone.embed_dim)
+    a, b = model(images, sizes, t), fresh(images, sizes, t)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not list(tmp_path.joinpath("ckpt").glob("*.tmp"))
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="exactly one of vocabulary"):
+        model.detect([torch.rand(3, 64, 64)])
+    with pytest.raises(ValueError, match=r"images\[0\] must be a float Tensor\[3, H, W\]"):
+        model.detect([torch.rand(64, 64)], vocabulary=["cat"])
+    with pytest.raises(ValueError, match=r"text_embeddings must be Tensor\[K, D\] with K >= 1"):
+        model.detect([torch.rand(3, 64, 64)], text_embeddings=torch.zeros(0, 64))
+    with pytest.raises(FileNotFoundError, match="not a cora checkpoint"):
+        load_checkpoint("/nonexistent/ckpt")
