@@ -106,12 +106,14 @@ class AnchorPreMatcher(nn.Module):
         self._check_inputs(layer4_map, anchors, image_sizes, padded_size, text_embeddings, class_prior)
         batch, queries = layer4_map.shape[0], anchors.shape[0]
         with torch.no_grad():
-            cx, cy, w, h = anchors.to(layer4_map.dtype).unbind(-1)
+            # Box geometry in float32 at least: half precision is off by up to 0.5 px at 1333 px.
+            geometry = torch.promote_types(layer4_map.dtype, torch.float32)
+            cx, cy, w, h = anchors.to(device=layer4_map.device, dtype=geometry).unbind(-1)
             boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)  # [Q, 4] xyxy
-            sizes = image_sizes.to(device=layer4_map.device, dtype=layer4_map.dtype)
+            sizes = image_sizes.to(device=layer4_map.device, dtype=geometry)
             scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1)  # [B, 4] (w, h, w, h)
             boxes = boxes[None] * scale[:, None, :]  # [B, Q, 4] pixels
-            index = torch.arange(batch, device=layer4_map.device, dtype=layer4_map.dtype)
+            index = torch.arange(batch, device=layer4_map.device, dtype=geometry)
             index = index[:, None, None].expand(batch, queries, 1)  # [B, Q, 1]
             rois = torch.cat([index, boxes], dim=-1).reshape(batch * queries, 5)  # [B*Q, 5]
             regions = roi_align(layer4_map, rois, self.pool_side, self.spatial_scale, -1, True)  # [B*Q, C4, S, S]

@@ -81,64 +81,44 @@ class RegionClassifier(nn.Module):
 
     @torch.no_grad()
     def load_prompt(self, state: Tensor) -> None:
-        """Load a region prompt, in the paper's form or in the official code's form.
+        """Load a region prompt, in the paper's form or in the official code's form; both are kept exactly.
 
         Args:
             state: either
-                - the paper form, the prompt P itself: Tensor[S, S, C4] (S = `backbone.pool_side`);
+                - the paper form, the prompt P itself: Tensor[S, S, C4] (S = `backbone.pool_side`),
+                  added to the region features; the positional embedding is reset to CLIP's;
                 - the official code's form, the fine-tuned attention-pool positional embedding pe':
-                  Tensor[S*S+1, C4] (row 0 is the mean/query token's). Adding P to the S*S tokens
-                  equals pooling with `pe + [mean(P); P]`, so P = pe'[1:] - pe[1:] (pe: CLIP's own
-                  positional embedding, `backbone.attnpool.positional_embedding`), and pe'[0] - pe[0]
-                  must equal mean(P); a pe' whose row 0 was fine-tuned on its own is not of this family.
+                  Tensor[S*S+1, C4] (row 0 is the mean/query token's); the prompt is reset to 0.
+                  (P added to the tokens equals pe = CLIP's + [mean(P); P]; the official code tunes
+                  all rows freely, a superset of that family.)
 
         Raises:
-            ValueError: `state` is not a tensor of one of the two shapes, has non-finite values, or is an
-                official-form embedding with `pe'[0] - pe[0] != mean(pe'[1:] - pe[1:])` (beyond rounding).
+            ValueError: `state` is not a floating-point tensor of one of the two shapes, or has
+                non-finite values.
         """
-        prompt = self.pool.prompt
-        side_h, side_w, channels = prompt.shape
+        pool = self.pool
+        side_h, side_w, channels = pool.prompt.shape
         tokens = side_h * side_w + 1
         if not isinstance(state, Tensor) or not state.is_floating_point():
             got = f"a {state.dtype} tensor" if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"load_prompt: state must be a floating-point Tensor, got {got}")
-        if tuple(state.shape) == (side_h, side_w, channels):
-            new_prompt = state.detach()
-        elif tuple(state.shape) == (tokens, channels):
-            new_prompt = self._prompt_from_positional_embedding(state.detach())
-        else:
+        if tuple(state.shape) not in ((side_h, side_w, channels), (tokens, channels)):
             raise ValueError(
                 f"load_prompt: state must be the prompt Tensor[S, S, C] = [{side_h}, {side_w}, {channels}] or a "
                 f"positional embedding Tensor[S*S+1, C] = [{tokens}, {channels}], got {list(state.shape)}"
             )
         if not bool(torch.isfinite(state).all()):
             raise ValueError("load_prompt: state has non-finite values")
-        prompt.copy_(new_prompt.to(device=prompt.device, dtype=prompt.dtype))
-
-    def _prompt_from_positional_embedding(self, pe_new: Tensor) -> Tensor:
-        """Official form -> Tensor[S, S, C] prompt (see `load_prompt`), checked in float64."""
-        side_h, side_w, channels = self.pool.prompt.shape
-        pe = self.pool.attnpool.positional_embedding.detach()
-        delta = pe_new.to(device=pe.device, dtype=torch.float64) - pe.to(torch.float64)  # [S*S+1, C]
-        prompt = delta[1:]  # [S*S, C]; token 1 + i*S + j is spatial position (i, j)
-        mismatch = (delta[0] - prompt.mean(dim=0)).abs().max().item()
-        # Rounding of pe' (and of pe) is all that may separate the two sides.
-        eps = max(torch.finfo(pe_new.dtype).eps, torch.finfo(pe.dtype).eps)
-        scale = max(1.0, pe_new.abs().max().item(), pe.abs().max().item())
-        if not mismatch <= 16 * eps * scale:
-            raise ValueError(
-                "load_prompt: state looks like an official-form positional embedding [S*S+1, C], but its row 0 is not "
-                f"pe[0] + mean(P) for P = state[1:] - pe[1:] (max abs difference {mismatch:.3g}, tolerance "
-                f"{16 * eps * scale:.3g}): it is not equivalent to a region prompt added to the tokens"
-            )
-        return prompt.reshape(side_h, side_w, channels)  # [S, S, C]
+        if state.dim() == 3:
+            pool.prompt.copy_(state)
+            pool.positional_embedding.copy_(pool.attnpool.positional_embedding)
+        else:
+            pool.prompt.zero_()
+            pool.positional_embedding.copy_(state)
 
     def effective_positional_embedding(self) -> Tensor:
-        """The official form of the current prompt: `pe + [mean(P); P]`, Tensor[S*S+1, C4]."""
-        prompt = self.pool.prompt.detach()
-        pe = self.pool.attnpool.positional_embedding.detach()
-        tokens = prompt.reshape(-1, prompt.shape[-1]).to(pe.dtype)  # [S*S, C]
-        return pe + torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        """The official form of the current prompt: Tensor[S*S+1, C4]."""
+        return self.pool.effective_positional_embedding().detach()
 
     def _check_features(self, features: Tensor) -> None:
         channels = self.backbone.layer3_channels

@@ -103,9 +103,11 @@ def _shape(t) -> str:
 class PromptedAttentionPool(nn.Module):
     """An open_clip `AttentionPool2d` with a trainable region prompt (zero-initialised).
 
-    The wrapped module's parameters are frozen here (CORA trains the prompt only); its positional
-    embedding stays trainable only if `train_positional_embedding` is set (the official code's form
-    of the prompt).
+    The wrapped module's parameters are frozen (CORA trains the prompt only). The module keeps its own
+    copy of the positional embedding, so that both forms of a region prompt are held exactly: the
+    paper's prompt P [S, S, C] (`prompt`, added to the region features) and the official code's
+    fine-tuned positional embedding pe' [S*S+1, C] (`positional_embedding`, trainable only with
+    `train_positional_embedding`). Pooling uses pe' + [mean(P); P].
 
     forward(x: Tensor[N, C, S, S]) -> Tensor[N, out_dim], see `prompted_attention_pool`.
     """
@@ -116,8 +118,9 @@ class PromptedAttentionPool(nn.Module):
         self.attnpool = attnpool
         for p in attnpool.parameters():
             p.requires_grad_(False)
-        attnpool.positional_embedding.requires_grad_(train_positional_embedding)
-        tokens, channels = attnpool.positional_embedding.shape
+        pe = attnpool.positional_embedding.detach()
+        self.positional_embedding = nn.Parameter(pe.clone(), requires_grad=train_positional_embedding)
+        tokens, channels = pe.shape
         side = int(round((tokens - 1) ** 0.5))
         if prompt_shape is None:
             if side * side != tokens - 1:
@@ -125,13 +128,19 @@ class PromptedAttentionPool(nn.Module):
             prompt_shape = (side, side, channels)
         if len(prompt_shape) != 3 or prompt_shape[0] * prompt_shape[1] + 1 != tokens or prompt_shape[2] != channels:
             raise ValueError(f"prompt_shape must be (S, S, {channels}) with S*S+1 = {tokens}, got {prompt_shape}")
-        self.prompt = nn.Parameter(torch.zeros(prompt_shape, dtype=attnpool.positional_embedding.dtype))
+        self.prompt = nn.Parameter(torch.zeros(prompt_shape, dtype=pe.dtype))
+
+    def effective_positional_embedding(self) -> Tensor:
+        """pe' + [mean(P); P]: Tensor[S*S+1, C], the official form of the current prompt."""
+        p = self.prompt.reshape(-1, self.prompt.shape[-1])
+        return self.positional_embedding + torch.cat([p.mean(0, keepdim=True), p])
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.attnpool
         return prompted_attention_pool(
-            x, a.positional_embedding, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
-            a.v_proj.weight, a.v_proj.bias, a.c_proj.weight, a.c_proj.bias, a.num_heads, prompt=self.prompt.to(x.dtype),
+            x, self.positional_embedding.to(x.dtype), a.q_proj.weight, a.q_proj.bias, a.k_proj.weight,
+            a.k_proj.bias, a.v_proj.weight, a.v_proj.bias, a.c_proj.weight, a.c_proj.bias, a.num_heads,
+            prompt=self.prompt.to(x.dtype),
         )
 
 

@@ -114,30 +114,35 @@ def test_paper_and_official_prompt_forms_agree(setup):
     paper = make_classifier(backbone, prompt)
     from_official = RegionClassifier(backbone).double()
     from_official.load_prompt(official)
-    torch.testing.assert_close(from_official.pool.prompt, prompt, rtol=0, atol=1e-12)
+    assert from_official.pool.prompt.abs().max() == 0
     torch.testing.assert_close(from_official(features, boxes, text), paper(features, boxes, text), rtol=0, atol=1e-9)
     torch.testing.assert_close(paper.effective_positional_embedding(), official, rtol=0, atol=1e-12)
+    torch.testing.assert_close(from_official.effective_positional_embedding(), official, rtol=0, atol=0)
     # The equivalence itself, with open_clip: pooling x with pe' equals pooling x + P with pe.
     pool = copy.deepcopy(visual.attnpool)
     with torch.no_grad():
         pool.positional_embedding.copy_(official)
         x = torch.randn(3, backbone.layer4_channels, backbone.pool_side, backbone.pool_side, dtype=torch.float64)
         torch.testing.assert_close(pool(x), visual.attnpool(x + prompt.permute(2, 0, 1)[None]), rtol=0, atol=1e-10)
-    # A float32 official checkpoint loads too (rounding is tolerated).
-    from_official.load_prompt(official.float())
-    torch.testing.assert_close(from_official.pool.prompt, prompt, rtol=0, atol=1e-5)
+    # Loading the paper form afterwards resets the positional embedding to CLIP's.
+    from_official.load_prompt(prompt)
+    torch.testing.assert_close(from_official(features, boxes, text), paper(features, boxes, text), rtol=0, atol=1e-9)
 
 
-def test_official_form_inconsistent_with_any_prompt_raises(setup):
-    backbone, visual, _, _, _, prompt = setup
+def test_official_form_with_freely_tuned_row_0_is_kept_exactly(setup):
+    """The official code fine-tunes every row of pe', row 0 included: no prompt P represents that."""
+    backbone, visual, features, boxes, text, _ = setup
     pe = visual.attnpool.positional_embedding.detach()
-    tokens = prompt.reshape(-1, prompt.shape[-1])
-    official = pe + torch.cat([tokens.mean(dim=0, keepdim=True), tokens])
-    official[0, 3] += 0.01  # row 0 fine-tuned on its own: not pe + [mean(P); P] for any P
+    official = pe + 0.05 * torch.randn(pe.shape, dtype=pe.dtype, generator=torch.Generator().manual_seed(3))
     classifier = RegionClassifier(backbone).double()
-    with pytest.raises(ValueError, match=r"row 0 is not pe\[0\] \+ mean\(P\)"):
-        classifier.load_prompt(official)
-    assert classifier.pool.prompt.abs().max() == 0  # unchanged
+    classifier.load_prompt(official)
+    reference_pool = copy.deepcopy(visual.attnpool)
+    with torch.no_grad():
+        reference_pool.positional_embedding.copy_(official)
+        regions = torchvision.ops.roi_align(features, boxes, backbone.roi_side, 1 / backbone.stride, -1, True)
+        emb = torch.nn.functional.normalize(reference_pool(visual.layer4(regions)), dim=-1)
+        expected = 100 * emb @ torch.nn.functional.normalize(text, dim=-1).T
+    torch.testing.assert_close(classifier(features, boxes, text), expected, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 511), (2, 2), (4, 512), (6, 512), (5, 511), (1, 2, 2, 512)])
