@@ -1,6 +1,6 @@
 """The `cora` command line: `python -m cora <command> --help`.
 
-Commands: detect. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+Commands: detect, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 """
 
 from __future__ import annotations
@@ -81,10 +81,40 @@ def run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_convert_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="import the official CORA release into a cora checkpoint",
+        description="Converts the official localizer checkpoint + region-prompt file (github.com/tgxs002/CORA) "
+                    "into a cora checkpoint folder (model.safetensors + config.json). Loads with "
+                    "torch.load(weights_only=True): no arbitrary code is unpickled.",
+    )
+    p.add_argument("--localizer", required=True, help="official localizer checkpoint (.pth with a 'model' / 'model_ema' entry)")
+    p.add_argument("--prompt", required=True, help="official region-prompt file ({'attnpool.positional_embedding': [S*S+1, C]})")
+    p.add_argument("--preset", default="rn50_coco", help="the architecture of the release (default: rn50_coco)")
+    p.add_argument("--no-ema", action="store_true", help="use the 'model' weights even if 'model_ema' is present")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from cora.config import get_preset
+    from cora.engine.convert import convert_to_checkpoint
+
+    try:
+        unused = convert_to_checkpoint(args.localizer, args.prompt, get_preset(args.preset), args.out, not args.no_ema)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        raise CLIError(str(e).splitlines()[0]) from e
+    if unused:
+        print(f"not used ({len(unused)}): {', '.join(unused[:20])}" + (" ..." if len(unused) > 20 else ""))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cora", description="CORA open-vocabulary detection toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     add_detect_parser(sub)
+    add_convert_parser(sub)
     return parser
 
 

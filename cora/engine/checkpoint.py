@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -73,5 +74,9 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> No
 def load_official_file(path: str | Path) -> dict:
     """torch.load of an official CORA file without unpickling arbitrary objects: tensors, containers
     and argparse.Namespace (the official files store their training arguments as one)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("\n")[0]
+        raise ValueError(f"{path}: refused to load objects other than tensors and argparse.Namespace ({first})") from None
