@@ -100,6 +100,7 @@ def main():
         packages=find_packages(include=["cora", "cora.*"]),
         python_requires=">=3.10",
         ext_modules=build_extensions(),
+        entry_points={"console_scripts": ["cora = cora.cli:main"]},
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )
 

@@ -21,10 +21,10 @@ Differences from the official code (tgxs002/CORA, `models/fast_detr.py`, `FastDE
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cora.modeling.mlp import MLP
+from cora.modeling.postprocess import class_probabilities
 from cora.modeling.region_classifier import cosine_logits
 from cora.ops import PromptedAttentionPool, roi_align
 from cora.ops._utils import is_tracing
@@ -119,8 +119,7 @@ class AnchorPreMatcher(nn.Module):
             regions = roi_align(layer4_map, rois, self.pool_side, self.spatial_scale, -1, True)  # [B*Q, C4, S, S]
             embeddings = self.pool(regions).reshape(batch, queries, -1)  # [B, Q, D]
             logits = cosine_logits(embeddings, text_embeddings, self.temperature, self.text_dim)  # [B, Q, K]
-            background = logits.new_zeros(batch, queries, 1)
-            probs = F.softmax(torch.cat([logits, background], dim=-1), dim=-1)[..., :-1]  # [B, Q, K]
+            probs = class_probabilities(logits)  # [B, Q, K], background column dropped
             weighted = probs if class_prior is None else probs * class_prior.to(probs)
             classes = weighted.argmax(dim=-1)  # [B, Q] int64
             scores = probs.gather(-1, classes[..., None]).squeeze(-1)  # [B, Q]
