@@ -80,31 +80,34 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
         TypeError: a bool or complex matrix.
     """
     costs = list(costs)
-    if not all(isinstance(c, Tensor) for c in costs):
-        raise TypeError(f"linear_sum_assignment: costs must be a sequence of Tensors, got {[type(c).__name__ for c in costs]}")
     if not costs:
         return []
-    for p, c in enumerate(costs):
+    flats, shapes = [], []
+    for p, c in enumerate(costs):  # the one Python loop over the problems
+        if not isinstance(c, Tensor):
+            raise TypeError(f"linear_sum_assignment: costs[{p}] must be a Tensor, got {type(c).__name__}")
         if c.dim() != 2:
             raise ValueError(f"linear_sum_assignment: costs[{p}] must be Tensor[R, C], got shape {list(c.shape)}")
+        shapes.append(c.shape)
+        flats.append(c.reshape(-1))
+    dtypes, devices = {c.dtype for c in costs}, {c.device for c in costs}
+    for p, c in enumerate(costs) if len(devices) > 1 or any(d == torch.bool or d.is_complex for d in dtypes) else ():
+        if c.device != costs[0].device:
+            raise ValueError(
+                f"linear_sum_assignment: all cost matrices must be on one device, got costs[0] on "
+                f"{costs[0].device} and costs[{p}] on {c.device}"
+            )
         if c.dtype == torch.bool or c.dtype.is_complex:
             raise TypeError(f"linear_sum_assignment: costs[{p}] must be a real (float or integer) tensor, got {c.dtype}")
-    device = costs[0].device
-    other = next((p for p, c in enumerate(costs) if c.device != device), None)
-    if other is not None:
-        raise ValueError(
-            f"linear_sum_assignment: all cost matrices must be on one device, got costs[0] on {device} "
-            f"and costs[{other}] on {costs[other].device}"
-        )
     dtype = torch.float32
-    if any(c.dtype == torch.float64 or not c.dtype.is_floating_point for c in costs):
+    if any(d == torch.float64 or not d.is_floating_point for d in dtypes):
         dtype = torch.float64
 
-    shapes = torch.tensor([c.shape for c in costs], dtype=torch.int64)  # [P, 2], on the CPU
+    shapes = torch.tensor(shapes, dtype=torch.int64)  # [P, 2], on the CPU
     rows, cols = shapes[:, 0], shapes[:, 1]
     sizes = rows * cols
     offsets = sizes.cumsum(0) - sizes
-    flat = torch.cat([c.reshape(-1).to(dtype) for c in costs])
+    flat = torch.cat(flats if dtypes == {dtype} else [f.to(dtype) for f in flats])
     if maximize:
         flat = -flat
     bad = ~(flat > -math.inf)  # NaN or -inf (after the negation: NaN or +inf in the input)

@@ -1,6 +1,6 @@
 // Batched linear assignment, CPU kernel: problems run in parallel, one thread each, through the
-// solver shared with the CUDA kernel (linear_assignment_common.h). Semantics:
-// cora/ops/linear_assignment.py.
+// solver shared with the CUDA kernel (linear_assignment_common.h), with a shortcut for the first
+// step of each row (RowMinima). Semantics: cora/ops/linear_assignment.py.
 #include "linear_assignment_check.h"
 #include "linear_assignment_common.h"
 
@@ -13,6 +13,8 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -22,62 +24,123 @@ namespace {
 using lsa_detail::Workspace;
 
 // Checks that all costs are finite and finds the minimum of each solver row and, when it is unique,
-// its column (see lsa_detail::solve). Two passes in the stored layout, which the compiler
-// vectorises, instead of one scalar scan per row. For a tall matrix the solver's rows are the stored
-// columns: the passes then run along stored rows, updating all solver rows at once. `minimum` and
-// `count` are scratch of size min(rows, cols).
+// its column, for the solver's first-step shortcut (lsa_detail::solve). One pass in the stored
+// layout, vectorised by the compiler, instead of one scalar scan per row.
+//
+// The pass runs over lanes: lane t accumulates the elements t, t + L, t + 2L, ... of a contiguous
+// range (L lanes), keeping its minimum, how often it occurs and where it last became smaller; the
+// lanes of a row are folded at the end. Wide matrices (solver row = stored row): 8 lanes along each
+// row. Tall ones (solver row i = stored column i, of n): L = kGroup * n lanes over kGroup stored rows
+// at a time, lane t holding solver row t % n. Elements past the last whole group go to lanes 0..n
+// (tall) or lane 0 (wide) one at a time.
 template <typename scalar_t>
 struct RowMinima {
+  static constexpr int64_t kWideLanes = 8;
+  static constexpr int64_t kGroup = 4;
+  // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each.
   scalar_t* minimum;
   int32_t* count;
+  int32_t* position;
+  int32_t* lane_offset;
 
   static bool finite(scalar_t x) { return std::abs(x) < std::numeric_limits<scalar_t>::infinity(); }
 
+  void reset(int64_t lanes) const {
+    std::fill(minimum, minimum + lanes, std::numeric_limits<scalar_t>::infinity());
+    std::fill(count, count + lanes, 0);
+    std::fill(position, position + lanes, 0);
+  }
+
+  // Lane t takes x[c * lanes + t] for c < chunks, at position c * step + lane_offset[t]. Branch-free
+  // (masks instead of selects on the integers) so that it vectorises.
+  int accumulate(const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step) const {
+    scalar_t* __restrict__ mn = minimum;
+    int32_t* __restrict__ cnt = count;
+    int32_t* __restrict__ pos = position;
+    const int32_t* __restrict__ off = lane_offset;
+    int all_finite = 1;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const scalar_t* __restrict__ xc = x + c * lanes;
+      const int32_t base = static_cast<int32_t>(c) * step;
+      for (int64_t t = 0; t < lanes; ++t) {
+        const scalar_t v = xc[t], m = mn[t];
+        const int32_t lt = v < m, eq = v == m, mask = -lt;
+        mn[t] = v < m ? v : m;
+        cnt[t] = ((cnt[t] + eq) & ~mask) + lt;
+        pos[t] = (pos[t] & ~mask) | ((base + off[t]) & mask);
+        all_finite &= finite(v);
+      }
+    }
+    return all_finite;
+  }
+
+  int accumulate_one(scalar_t v, int32_t at, int64_t lane) const {
+    if (v < minimum[lane]) {
+      minimum[lane] = v;
+      count[lane] = 1;
+      position[lane] = at;
+    } else if (v == minimum[lane]) {
+      ++count[lane];
+    }
+    return finite(v);
+  }
+
+  // Folds lanes first, first + stride, ... (num of them) into solver row i.
+  void fold(int64_t first, int64_t stride, int64_t num, int64_t i, const Workspace& w) const {
+    scalar_t m = minimum[first];
+    for (int64_t s = 1; s < num; ++s) m = std::min(m, minimum[first + s * stride]);
+    int32_t n = 0, at = -1;
+    for (int64_t s = 0; s < num; ++s) {
+      if (minimum[first + s * stride] == m) {
+        n += count[first + s * stride];
+        at = position[first + s * stride];
+      }
+    }
+    w.row_min[i] = static_cast<double>(m);
+    w.row_arg[i] = n == 1 ? at : -1;
+  }
+
   bool operator()(const scalar_t* data, int64_t rows, int64_t cols, const Workspace& w) const {
     if (std::min(rows, cols) < 2) return false;  // one row: its scan is all the work anyway
-    int all_finite = 1;  // int, not bool: the loops vectorise
+    int all_finite = 1;
     if (cols >= rows) {
+      const int64_t chunks = cols / kWideLanes;
+      for (int64_t t = 0; t < kWideLanes; ++t) lane_offset[t] = static_cast<int32_t>(t);
       for (int64_t i = 0; i < rows; ++i) {
         const scalar_t* x = data + i * cols;
-        scalar_t m = x[0];
-        for (int64_t j = 0; j < cols; ++j) {
-          m = x[j] < m ? x[j] : m;
-          all_finite &= finite(x[j]);
-        }
-        int32_t n = 0;
-        for (int64_t j = 0; j < cols; ++j) n += x[j] == m;
-        w.row_min[i] = static_cast<double>(m);
-        w.row_arg[i] = n == 1 ? static_cast<int32_t>(std::find(x, x + cols, m) - x) : -1;
+        reset(kWideLanes);
+        all_finite &= accumulate(x, chunks, kWideLanes, kWideLanes);
+        for (int64_t j = chunks * kWideLanes; j < cols; ++j) all_finite &= accumulate_one(x[j], j, 0);
+        fold(0, 1, kWideLanes, i, w);
       }
       return all_finite != 0;
     }
-    const int64_t n = cols;  // solver rows
-    std::copy(data, data + n, minimum);
-    for (int64_t k = 0; k < rows; ++k) {
-      const scalar_t* x = data + k * n;
-      for (int64_t i = 0; i < n; ++i) {
-        minimum[i] = x[i] < minimum[i] ? x[i] : minimum[i];
-        all_finite &= finite(x[i]);
-      }
+    const int64_t n = cols, lanes = kGroup * n, groups = rows / kGroup;
+    for (int64_t g = 0; g < kGroup; ++g) std::fill(lane_offset + g * n, lane_offset + (g + 1) * n, static_cast<int32_t>(g));
+    reset(lanes);
+    all_finite &= accumulate(data, groups, lanes, kGroup);
+    for (int64_t k = groups * kGroup; k < rows; ++k) {
+      for (int64_t i = 0; i < n; ++i) all_finite &= accumulate_one(data[k * n + i], static_cast<int32_t>(k), i);
     }
     if (!all_finite) return false;
-    std::fill(count, count + n, 0);
-    std::fill(w.row_arg, w.row_arg + n, 0);
-    for (int64_t k = 0; k < rows; ++k) {
-      const scalar_t* x = data + k * n;
-      const int32_t k32 = static_cast<int32_t>(k);
-      for (int64_t i = 0; i < n; ++i) {
-        const bool hit = x[i] == minimum[i];
-        count[i] += hit;
-        w.row_arg[i] = hit ? k32 : w.row_arg[i];
-      }
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      w.row_min[i] = static_cast<double>(minimum[i]);
-      if (count[i] != 1) w.row_arg[i] = -1;
-    }
+    for (int64_t i = 0; i < n; ++i) fold(i, n, kGroup, i, w);
     return true;
   }
+};
+
+// Below this many cost entries in all, one thread solves everything (waking helpers costs more).
+constexpr int64_t kMinParallelCosts = 1 << 15;
+
+// Problems are handed out one at a time from a shared counter: their sizes differ by orders of
+// magnitude, so a static split would leave a thread idle. The calling thread solves problems too,
+// helped by tasks on torch's inter-op pool, and waits only for helpers that took a problem: a
+// helper that starts late (its core busy, e.g. with data loading) finds nothing left and is not
+// waited for, where an OpenMP region would wait for every thread at its closing barrier. So the
+// counters live on the heap, and a helper touches the call's data only after claiming a problem.
+struct WorkQueue {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> active{0};
+  std::atomic<bool> failed{false};  // a thread could not allocate its scratch
 };
 
 template <typename scalar_t>
@@ -89,32 +152,44 @@ void solve_all_kernel_impl(const at::Tensor& costs, const at::Tensor& rows, cons
   const int64_t* c = cols.const_data_ptr<int64_t>();
   const int64_t* o = offsets.const_data_ptr<int64_t>();
   const int64_t num = rows.numel();
-  // Problem sizes differ by orders of magnitude, so a static split would leave a thread idle: each
-  // thread takes the next unsolved problem from a shared counter instead.
-  std::atomic<int64_t> next{0};
-  auto worker = [&](int64_t /*begin*/, int64_t /*end*/) {
-    std::vector<double> doubles(Workspace::doubles(plan.max_rows, plan.max_cols));
-    std::vector<int32_t> ints(Workspace::ints(plan.max_rows, plan.max_cols));
-    std::vector<double> row_min(plan.max_rows);
-    std::vector<int32_t> row_arg(plan.max_rows), count(plan.max_rows);
-    std::vector<scalar_t> minimum(plan.max_rows);
-    const RowMinima<scalar_t> row_minima{minimum.data(), count.data()};
-    for (int64_t p = next.fetch_add(1, std::memory_order_relaxed); p < num;
-         p = next.fetch_add(1, std::memory_order_relaxed)) {
-      Workspace w = Workspace::carve(doubles.data(), ints.data(), std::min(r[p], c[p]), std::max(r[p], c[p]));
-      w.row_min = row_min.data();
-      w.row_arg = row_arg.data();
-      const int64_t s = plan.slot_offset[p];
-      status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data + o[p], r[p], c[p], w, p, row + s,
-                                            col + s, prob + s, row_minima);
+  const AssignmentPlan* layout = &plan;
+  auto queue = std::make_shared<WorkQueue>();
+
+  auto work = [=]() {
+    queue->active.fetch_add(1, std::memory_order_acq_rel);
+    int64_t p = queue->next.fetch_add(1, std::memory_order_relaxed);
+    if (p < num) try {
+      const int64_t max_rows = layout->max_rows, max_cols = layout->max_cols;
+      std::vector<double> doubles(Workspace::doubles(max_rows, max_cols)), row_min(max_rows);
+      std::vector<int32_t> ints(Workspace::ints(max_rows, max_cols)), row_arg(max_rows);
+      const int64_t lanes = std::max(RowMinima<scalar_t>::kWideLanes, RowMinima<scalar_t>::kGroup * max_rows);
+      std::vector<scalar_t> minimum(lanes);
+      std::vector<int32_t> count(lanes), position(lanes), lane_offset(lanes);
+      const RowMinima<scalar_t> row_minima{minimum.data(), count.data(), position.data(), lane_offset.data()};
+      for (; p < num; p = queue->next.fetch_add(1, std::memory_order_relaxed)) {
+        Workspace w = Workspace::carve(doubles.data(), ints.data(), std::min(r[p], c[p]), std::max(r[p], c[p]));
+        w.row_min = row_min.data();
+        w.row_arg = row_arg.data();
+        const int64_t s = layout->slot_offset[p];
+        status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data + o[p], r[p], c[p], w, p, row + s,
+                                              col + s, prob + s, row_minima);
+      }
+    } catch (...) {  // no exception may escape a helper; the caller raises instead
+      queue->failed.store(true);
     }
+    queue->active.fetch_sub(1, std::memory_order_acq_rel);
   };
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), num);
-  if (threads > 1 && !at::in_parallel_region()) {
-    at::parallel_for(0, threads, 1, worker);
-  } else {
-    worker(0, num);
-  }
+
+  int64_t total = 0;
+  for (int64_t p = 0; p < num; ++p) total += r[p] * c[p];
+  const int64_t helpers = total < kMinParallelCosts || at::in_parallel_region()
+      ? 0
+      : std::min<int64_t>(at::get_num_threads(), num) - 1;
+  for (int64_t h = 0; h < helpers; ++h) at::launch(work);
+  work();
+  // Every problem is taken; wait for the helpers still solving one.
+  while (queue->active.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  TORCH_CHECK(!queue->failed.load(), "batched_linear_assignment: could not allocate the CPU solver's scratch");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(

@@ -91,6 +91,24 @@ def test_matches_scipy(device, dtype, integer):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("integer", [False, True], ids=["normal", "integer_ties"])
+def test_large_problems_match_scipy(device, integer):
+    """CORA-like blocks (tall: many queries, few ground truths), their transposes, and squares."""
+    rng = np.random.default_rng(14)
+    shapes = [(int(q), int(g)) for q, g in zip(rng.integers(10, 301, 30), rng.integers(1, 41, 30))]
+    shapes += [(g, q) for q, g in shapes[:10]] + [(60, 60), (129, 128)]
+    mats = [rng.integers(0, 5, s).astype(np.float64) if integer else rng.random(s) for s in shapes]
+    for m, (rows, cols) in zip(mats, solve_on(device, mats, torch.float32)):
+        rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
+        m32 = m.astype(np.float32)
+        ref_rows, ref_cols = scipy_lsa(m32)
+        assert_partial_permutation(rows, cols, m.shape, min(m.shape))
+        assert_same_cost(total(m32, rows, cols), total(m32, ref_rows, ref_cols), np.abs(m32).sum())
+        if not integer:
+            assert np.array_equal(cols, ref_cols)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_maximize_matches_scipy(device):
     mats = random_problems(300, seed=2) + random_problems(300, seed=3, integer=True)
     for m, (rows, cols) in zip(mats, solve_on(device, mats, maximize=True)):
