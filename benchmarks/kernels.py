@@ -19,7 +19,8 @@ Shapes:
   linear_sum_assignment in a loop over the same blocks, and scipy on CORA's masked full per-image
   matrices (1000 x G, a large cost on cross-class pairs). Rows: the op on the packed batch (as the
   matcher calls it), and `linear_sum_assignment` on the list of blocks (packing and splitting
-  included). "max |diff|" is the difference in total matched cost.
+  included). Then the same for DESIGN.md's baseline shape, 2048 problems of 300 x 3.
+  "max |diff|" is the difference in total matched cost.
 """
 
 from __future__ import annotations
@@ -195,23 +196,35 @@ MASKED_COST = 1e6
 
 def linear_assignment_cases(device: str, dtype: torch.dtype) -> list[Case]:
     import numpy as np
+
+    cost_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    blocks, full = cora_like_batch()
+    cases = _assignment_cases(blocks, full, device, cost_dtype, "B=32")
+    # DESIGN.md's baseline shape: 2048 problems of 300 x 3.
+    rng = np.random.default_rng(1)
+    cases += _assignment_cases([rng.random((300, 3)) * 10 for _ in range(2048)], None, device, cost_dtype, "300x3")
+    return cases
+
+
+def _assignment_cases(blocks, full, device: str, cost_dtype: torch.dtype, name: str) -> list[Case]:
+    """The op on `blocks` packed, and the list API on them, against scipy on each block; against
+    scipy on the masked per-image matrices `full` too when given."""
+    import numpy as np
     from scipy.optimize import linear_sum_assignment as scipy_lsa
 
     from cora.ops import batched_linear_assignment, linear_sum_assignment
 
-    cost_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     np_dtype = np.float64 if cost_dtype == torch.float64 else np.float32
-    blocks, full = cora_like_batch()
     blocks = [b.astype(np_dtype) for b in blocks]
-    full = [f.astype(np_dtype) for f in full]
+    full = [f.astype(np_dtype) for f in full] if full is not None else None
     shapes = torch.tensor([b.shape for b in blocks], dtype=torch.int64)
     rows, cols = shapes[:, 0].contiguous(), shapes[:, 1].contiguous()
     sizes = rows * cols
     offsets = sizes.cumsum(0) - sizes
     flat = torch.from_numpy(np.concatenate([b.ravel() for b in blocks])).to(device)
     block_tensors = [torch.from_numpy(b).to(device) for b in blocks]
-    shape = (f"B=32 P={len(blocks)} q 10..300 x g 1..20 ({int(sizes.sum())} costs, "
-             f"{cost_dtype}".replace("torch.", "") + ")")
+    dims = "q 10..300 x g 1..20" if full is not None else "each 300 x 3"
+    shape = f"{name} P={len(blocks)} {dims} ({int(sizes.sum())} costs, {str(cost_dtype).replace('torch.', '')})"
 
     def scipy_blocks():
         if device == "cpu":
@@ -224,25 +237,26 @@ def linear_assignment_cases(device: str, dtype: torch.dtype) -> list[Case]:
         return [scipy_lsa(f) for f in full]
 
     def total_cost(out) -> torch.Tensor:
-        """Total matched cost of the batch from any of the outputs (same-class pairs only)."""
+        """Total matched cost from any of the outputs (same-class pairs only)."""
         if isinstance(out, tuple):  # the op: (row_idx, col_idx, problem_idx)
             r, c, p = (t.cpu() for t in out)
             return flat.cpu().double()[offsets[p] + r * cols[p] + c].sum()
-        if len(out) == len(full):  # scipy on the masked per-image matrices
+        if full is not None and len(out) == len(full):  # scipy on the masked per-image matrices
             values = [f[i, j] for f, (i, j) in zip(full, out)]
-        else:  # per block: scipy or linear_sum_assignment
-            values = [b[np.asarray(i.cpu()) if torch.is_tensor(i) else i, np.asarray(j.cpu()) if torch.is_tensor(j) else j]
+        else:  # per block: scipy (numpy) or linear_sum_assignment (tensors)
+            values = [b[np.asarray(torch.as_tensor(i).cpu()), np.asarray(torch.as_tensor(j).cpu())]
                       for b, (i, j) in zip(blocks, out)]
         values = np.concatenate(values).astype(np.float64)
         return torch.tensor(values[values < MASKED_COST / 2].sum())
 
     packed = lambda: batched_linear_assignment(flat, rows, cols, offsets)  # noqa: E731
     as_list = lambda: linear_sum_assignment(block_tensors)  # noqa: E731
-    return [
-        Case("linear_assignment", "match", "packed", shape, "scipy loop, blocks", scipy_blocks, packed, total_cost),
-        Case("linear_assignment", "match", "packed", shape, "scipy, masked 1000xG", scipy_full, packed, total_cost),
-        Case("linear_assignment", "match", "list API", shape, "scipy loop, blocks", scipy_blocks, as_list, total_cost),
-    ]
+    cases = [Case("linear_assignment", "match", "packed", shape, "scipy loop", scipy_blocks, packed, total_cost)]
+    if full is not None:
+        cases.append(Case("linear_assignment", "match", "packed", shape, "scipy, masked 1000xG", scipy_full, packed,
+                          total_cost))
+    cases.append(Case("linear_assignment", "match", "list API", shape, "scipy loop", scipy_blocks, as_list, total_cost))
+    return cases
 
 
 OPS = {"roi_align": roi_align_cases, "attn_pool": attn_pool_cases, "linear_assignment": linear_assignment_cases}

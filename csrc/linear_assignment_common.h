@@ -366,18 +366,33 @@ C10_HOST_DEVICE Status solve_problem(const Team& team, const scalar_t* data, int
       dropped |= !keep;
     }
   } else if (rank == 0) {
-    // The caller's rows are the solver's columns: the assigned ones, in order. (Sequential: a
-    // prefix count over nc, small next to the solve.)
-    int64_t k = 0;
-    for (int32_t j = 0; j < nc; ++j) {
-      const int32_t i = w.row4col[j];
-      if (i < 0) continue;
-      const bool keep = !forbidden || view.raw(i, j) < inf();
-      row[k] = j;
-      col[k] = keep ? i : -1;
+    // The caller's rows are the solver's columns: the assigned ones, in order. (Sequential, small
+    // next to the solve: an insertion sort of the nr pairs when that is cheaper than a pass over nc.)
+    if (int64_t(nr) * nr <= nc) {
+      for (int32_t i = 0; i < nr; ++i) {
+        const int64_t j = w.col4row[i];
+        int64_t k = i;
+        for (; k > 0 && row[k - 1] > j; --k) {
+          row[k] = row[k - 1];
+          col[k] = col[k - 1];
+        }
+        row[k] = j;
+        col[k] = i;
+      }
+    } else {
+      int64_t k = 0;
+      for (int32_t j = 0; j < nc; ++j) {
+        if (w.row4col[j] < 0) continue;
+        row[k] = j;
+        col[k] = w.row4col[j];
+        ++k;
+      }
+    }
+    for (int64_t k = 0; k < nr; ++k) {
+      const bool keep = !forbidden || view.raw(static_cast<int32_t>(col[k]), static_cast<int32_t>(row[k])) < inf();
+      col[k] = keep ? col[k] : -1;
       prob[k] = p;
       dropped |= !keep;
-      ++k;
     }
   }
   return team.any(dropped) ? kDropped : kSolved;

@@ -12,7 +12,9 @@ from torch import Tensor
 _COST_DTYPES = (torch.float32, torch.float64)
 
 
-def batched_linear_assignment(costs: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def batched_linear_assignment(
+    costs: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Solves P rectangular linear assignment problems packed in one tensor, each exactly as
     `scipy.optimize.linear_sum_assignment` (minimum total cost), except for forbidden pairs.
 
@@ -49,7 +51,7 @@ def batched_linear_assignment(costs: Tensor, rows: Tensor, cols: Tensor, offsets
 
     Raises:
         ValueError: wrong ranks or lengths, negative sizes, a problem reaching outside `costs`,
-            or a NaN / -inf cost.
+            or a NaN / -inf cost (the last three are checked by the kernels, before any cost is read).
         TypeError: wrong dtypes.
     """
     _check_tensors(costs, rows, cols, offsets)
@@ -98,7 +100,9 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
                 f"{costs[0].device} and costs[{p}] on {c.device}"
             )
         if c.dtype == torch.bool or c.dtype.is_complex:
-            raise TypeError(f"linear_sum_assignment: costs[{p}] must be a real (float or integer) tensor, got {c.dtype}")
+            raise TypeError(
+                f"linear_sum_assignment: costs[{p}] must be a real (float or integer) tensor, got {c.dtype}"
+            )
     dtype = torch.float32
     if any(d == torch.float64 or not d.is_floating_point for d in dtypes):
         dtype = torch.float64
@@ -110,8 +114,8 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
     flat = torch.cat(flats if dtypes == {dtype} else [f.to(dtype) for f in flats])
     if maximize:
         flat = -flat
-    bad = ~(flat > -math.inf)  # NaN or -inf (after the negation: NaN or +inf in the input)
-    if bool(bad.any()):
+    if _has_nan_or_neg_inf(flat):  # after the negation: NaN or +inf in the input
+        bad = ~(flat > -math.inf)
         p = int(torch.searchsorted(offsets.to(flat.device), bad.nonzero()[0], right=True)[0]) - 1
         wrong, marker = ("+inf", "-inf") if maximize else ("-inf", "+inf")
         raise ValueError(
@@ -185,8 +189,8 @@ def per_class_blocks(cost: Tensor, query_classes: Tensor, gt_classes: Tensor) ->
     packed = cost[q_order][:, g_order][same]                               # blocks, row-major
     sizes = rows * cols
     offsets = sizes.cumsum(0) - sizes
-    bad = ~(packed > -math.inf)
-    if bool(bad.any()):
+    if _has_nan_or_neg_inf(packed):
+        bad = ~(packed > -math.inf)
         p = int(torch.searchsorted(offsets, bad.nonzero()[0], right=True)[0]) - 1
         raise ValueError(
             f"per_class_blocks: cost has NaN or -inf at a (query, ground truth) pair of class "
@@ -200,6 +204,11 @@ def per_class_blocks(cost: Tensor, query_classes: Tensor, gt_classes: Tensor) ->
 
 
 # ---- argument checks: the C++ checks (csrc/linear_assignment_check.h), with the same messages ----
+
+
+def _has_nan_or_neg_inf(values: Tensor) -> bool:
+    """One reduction, no temporaries: min() is NaN if any value is."""
+    return values.numel() > 0 and not bool(values.min() > -math.inf)
 
 
 def _check_tensors(costs: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -> None:
@@ -226,7 +235,8 @@ def _check_tensors(costs: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -
 @torch.library.register_fake("cora::batched_linear_assignment")
 def _batched_linear_assignment_fake(costs, rows, cols, offsets):
     torch._check(
-        costs.dim() == 1, lambda: f"batched_linear_assignment: costs must be a 1-D tensor, got shape {list(costs.shape)}"
+        costs.dim() == 1,
+        lambda: f"batched_linear_assignment: costs must be a 1-D tensor, got shape {list(costs.shape)}",
     )
     torch._check(
         costs.dtype in _COST_DTYPES,

@@ -28,18 +28,18 @@ using lsa_detail::Workspace;
 // layout, vectorised by the compiler, instead of one scalar scan per row.
 //
 // The pass runs over lanes: lane t accumulates the elements t, t + L, t + 2L, ... of a contiguous
-// range (L lanes), keeping its minimum, how often it occurs and where it last became smaller; the
-// lanes of a row are folded at the end. Wide matrices (solver row = stored row): 8 lanes along each
-// row. Tall ones (solver row i = stored column i, of n): L = kGroup * n lanes over kGroup stored rows
-// at a time, lane t holding solver row t % n. Elements past the last whole group go to lanes 0..n
-// (tall) or lane 0 (wide) one at a time.
+// range (L lanes), keeping its minimum, whether that occurs more than once, and where it last
+// became smaller; the lanes of a row are folded at the end. Wide matrices (solver row = stored
+// row): 8 lanes along each row. Tall ones (solver row i = stored column i, of n): L = kGroup * n
+// lanes over kGroup stored rows at a time, lane t holding solver row t % n. Elements past the last
+// whole group go to lanes 0..n (tall) or lane 0 (wide) one at a time.
 template <typename scalar_t>
 struct RowMinima {
   static constexpr int64_t kWideLanes = 8;
   static constexpr int64_t kGroup = 4;
   // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each.
   scalar_t* minimum;
-  int32_t* count;
+  int32_t* tied;  // the minimum occurs more than once
   int32_t* position;
   int32_t* lane_offset;
 
@@ -47,7 +47,7 @@ struct RowMinima {
 
   void reset(int64_t lanes) const {
     std::fill(minimum, minimum + lanes, std::numeric_limits<scalar_t>::infinity());
-    std::fill(count, count + lanes, 0);
+    std::fill(tied, tied + lanes, 0);
     std::fill(position, position + lanes, 0);
   }
 
@@ -55,7 +55,7 @@ struct RowMinima {
   // (masks instead of selects on the integers) so that it vectorises.
   int accumulate(const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step) const {
     scalar_t* __restrict__ mn = minimum;
-    int32_t* __restrict__ cnt = count;
+    int32_t* __restrict__ tie = tied;
     int32_t* __restrict__ pos = position;
     const int32_t* __restrict__ off = lane_offset;
     int all_finite = 1;
@@ -64,9 +64,9 @@ struct RowMinima {
       const int32_t base = static_cast<int32_t>(c) * step;
       for (int64_t t = 0; t < lanes; ++t) {
         const scalar_t v = xc[t], m = mn[t];
-        const int32_t lt = v < m, eq = v == m, mask = -lt;
+        const int32_t eq = v == m, mask = -static_cast<int32_t>(v < m);
         mn[t] = v < m ? v : m;
-        cnt[t] = ((cnt[t] + eq) & ~mask) + lt;
+        tie[t] = (tie[t] | eq) & ~mask;
         pos[t] = (pos[t] & ~mask) | ((base + off[t]) & mask);
         all_finite &= finite(v);
       }
@@ -77,10 +77,10 @@ struct RowMinima {
   int accumulate_one(scalar_t v, int32_t at, int64_t lane) const {
     if (v < minimum[lane]) {
       minimum[lane] = v;
-      count[lane] = 1;
+      tied[lane] = 0;
       position[lane] = at;
     } else if (v == minimum[lane]) {
-      ++count[lane];
+      tied[lane] = 1;
     }
     return finite(v);
   }
@@ -89,10 +89,10 @@ struct RowMinima {
   void fold(int64_t first, int64_t stride, int64_t num, int64_t i, const Workspace& w) const {
     scalar_t m = minimum[first];
     for (int64_t s = 1; s < num; ++s) m = std::min(m, minimum[first + s * stride]);
-    int32_t n = 0, at = -1;
+    int32_t n = 0, at = -1;  // n: occurrences of m, counting a tied lane as two
     for (int64_t s = 0; s < num; ++s) {
       if (minimum[first + s * stride] == m) {
-        n += count[first + s * stride];
+        n += 1 + tied[first + s * stride];
         at = position[first + s * stride];
       }
     }
@@ -116,7 +116,9 @@ struct RowMinima {
       return all_finite != 0;
     }
     const int64_t n = cols, lanes = kGroup * n, groups = rows / kGroup;
-    for (int64_t g = 0; g < kGroup; ++g) std::fill(lane_offset + g * n, lane_offset + (g + 1) * n, static_cast<int32_t>(g));
+    for (int64_t g = 0; g < kGroup; ++g) {
+      std::fill(lane_offset + g * n, lane_offset + (g + 1) * n, static_cast<int32_t>(g));
+    }
     reset(lanes);
     all_finite &= accumulate(data, groups, lanes, kGroup);
     for (int64_t k = groups * kGroup; k < rows; ++k) {
@@ -164,8 +166,8 @@ void solve_all_kernel_impl(const at::Tensor& costs, const at::Tensor& rows, cons
       std::vector<int32_t> ints(Workspace::ints(max_rows, max_cols)), row_arg(max_rows);
       const int64_t lanes = std::max(RowMinima<scalar_t>::kWideLanes, RowMinima<scalar_t>::kGroup * max_rows);
       std::vector<scalar_t> minimum(lanes);
-      std::vector<int32_t> count(lanes), position(lanes), lane_offset(lanes);
-      const RowMinima<scalar_t> row_minima{minimum.data(), count.data(), position.data(), lane_offset.data()};
+      std::vector<int32_t> tied(lanes), position(lanes), lane_offset(lanes);
+      const RowMinima<scalar_t> row_minima{minimum.data(), tied.data(), position.data(), lane_offset.data()};
       for (; p < num; p = queue->next.fetch_add(1, std::memory_order_relaxed)) {
         Workspace w = Workspace::carve(doubles.data(), ints.data(), std::min(r[p], c[p]), std::max(r[p], c[p]));
         w.row_min = row_min.data();

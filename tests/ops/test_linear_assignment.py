@@ -261,14 +261,14 @@ def test_bad_arguments():
     for args, error, message in cases:
         with pytest.raises(error, match=message):
             op(*args)
-        if "inside" not in message and "2\\^30" not in message:
-            python_message = message.replace("Half", "torch.float16")
-            with pytest.raises(error, match=python_message):
-                batched_linear_assignment(*args)
+        with pytest.raises(error, match=message.replace("Half", "torch.float16")):
+            batched_linear_assignment(*args)
     with pytest.raises(ValueError, match=r"costs\[1\] must be Tensor\[R, C\], got shape \[3\]"):
         linear_sum_assignment([torch.zeros(2, 2), torch.zeros(3)])
     with pytest.raises(TypeError, match="must be a real"):
         linear_sum_assignment([torch.zeros(2, 2, dtype=torch.bool)])
+    with pytest.raises(TypeError, match=r"costs\[1\] must be a Tensor, got list"):
+        linear_sum_assignment([torch.zeros(2, 2), [[1.0]]])
 
 
 def per_class_reference(cost, query_classes, gt_classes):
@@ -311,7 +311,8 @@ def test_per_class_blocks_matches_a_scipy_loop(device, seed):
     for k, size, best in per_class_reference(cost, query_classes, gt_classes):
         sel = query_classes[query_idx] == k
         assert sel.sum() == size
-        assert_same_cost(float(cost[query_idx[sel], gt_idx[sel]].sum()), best, np.nansum(np.abs(cost[np.isfinite(cost)])))
+        scale = np.abs(cost[np.isfinite(cost)]).sum()
+        assert_same_cost(float(cost[query_idx[sel], gt_idx[sel]].sum()), best, scale)
 
 
 def test_per_class_blocks_errors():
