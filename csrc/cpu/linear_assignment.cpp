@@ -23,6 +23,44 @@ namespace {
 
 using lsa_detail::Workspace;
 
+// The inner loop of RowMinima (below): branch-free, with masks instead of selects on the
+// integers, so that it vectorises.
+template <typename scalar_t>
+__attribute__((always_inline)) inline int accumulate_lanes_impl(
+    const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step, scalar_t* __restrict__ mn,
+    int32_t* __restrict__ tie, int32_t* __restrict__ pos, const int32_t* __restrict__ off) {
+  int all_finite = 1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const scalar_t* __restrict__ xc = x + c * lanes;
+    const int32_t base = static_cast<int32_t>(c) * step;
+    for (int64_t t = 0; t < lanes; ++t) {
+      const scalar_t v = xc[t], m = mn[t];
+      const int32_t eq = v == m, mask = -static_cast<int32_t>(v < m);
+      mn[t] = v < m ? v : m;
+      tie[t] = (tie[t] | eq) & ~mask;
+      pos[t] = (pos[t] & ~mask) | ((base + off[t]) & mask);
+      all_finite &= std::abs(v) < std::numeric_limits<scalar_t>::infinity();
+    }
+  }
+  return all_finite;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// Also compiled for AVX2 and picked at load time on CPUs that have it (as cpu/axpy4.h).
+#define CORA_LSA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CORA_LSA_CLONES
+#endif
+CORA_LSA_CLONES static int accumulate_lanes(const float* x, int64_t chunks, int64_t lanes, int32_t step, float* mn,
+                                            int32_t* tie, int32_t* pos, const int32_t* off) {
+  return accumulate_lanes_impl(x, chunks, lanes, step, mn, tie, pos, off);
+}
+CORA_LSA_CLONES static int accumulate_lanes(const double* x, int64_t chunks, int64_t lanes, int32_t step, double* mn,
+                                            int32_t* tie, int32_t* pos, const int32_t* off) {
+  return accumulate_lanes_impl(x, chunks, lanes, step, mn, tie, pos, off);
+}
+#undef CORA_LSA_CLONES
+
 // Checks that all costs are finite and finds the minimum of each solver row and, when it is unique,
 // its column, for the solver's first-step shortcut (lsa_detail::solve). One pass in the stored
 // layout, vectorised by the compiler, instead of one scalar scan per row.
@@ -51,27 +89,9 @@ struct RowMinima {
     std::fill(position, position + lanes, 0);
   }
 
-  // Lane t takes x[c * lanes + t] for c < chunks, at position c * step + lane_offset[t]. Branch-free
-  // (masks instead of selects on the integers) so that it vectorises.
+  // Lane t takes x[c * lanes + t] for c < chunks, at position c * step + lane_offset[t].
   int accumulate(const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step) const {
-    scalar_t* __restrict__ mn = minimum;
-    int32_t* __restrict__ tie = tied;
-    int32_t* __restrict__ pos = position;
-    const int32_t* __restrict__ off = lane_offset;
-    int all_finite = 1;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const scalar_t* __restrict__ xc = x + c * lanes;
-      const int32_t base = static_cast<int32_t>(c) * step;
-      for (int64_t t = 0; t < lanes; ++t) {
-        const scalar_t v = xc[t], m = mn[t];
-        const int32_t eq = v == m, mask = -static_cast<int32_t>(v < m);
-        mn[t] = v < m ? v : m;
-        tie[t] = (tie[t] | eq) & ~mask;
-        pos[t] = (pos[t] & ~mask) | ((base + off[t]) & mask);
-        all_finite &= finite(v);
-      }
-    }
-    return all_finite;
+    return accumulate_lanes(x, chunks, lanes, step, minimum, tied, position, lane_offset);
   }
 
   int accumulate_one(scalar_t v, int32_t at, int64_t lane) const {
