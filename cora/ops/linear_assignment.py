@@ -43,15 +43,17 @@ def batched_linear_assignment(
         - Ties: the same tie-breaking as scipy, so that the indices usually match scipy's too;
           only the total cost is guaranteed to.
 
-    The CPU kernel solves problems in parallel (torch's intra-op threads); the CUDA kernel solves
-    each problem with one warp, or one block for problems with more than 512 columns on the larger
+    The CPU kernel solves problems in parallel on up to torch.get_num_threads() threads (the caller
+    and helpers from torch's inter-op pool, never waited for if they start late); the CUDA kernel
+    solves each problem with one warp, or one block for problems with more than 512 columns on the larger
     side. The output size depends on the data: on CUDA the call synchronises with the host. Under
     torch.compile the op is captured with a data-dependent output size (or, where the caller's
     code is not traceable, after a graph break).
 
     Raises:
-        ValueError: wrong ranks or lengths, negative sizes, a problem reaching outside `costs`,
-            or a NaN / -inf cost (the last three are checked by the kernels, before any cost is read).
+        ValueError: wrong ranks or lengths, negative sizes, a problem reaching outside `costs`
+            (checked by the kernels before any cost is read), or a NaN / -inf cost (found by the
+            kernels' first pass over each problem: no extra pass here).
         TypeError: wrong dtypes.
     """
     _check_tensors(costs, rows, cols, offsets)
