@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # logs and JSON go to OUT_DIR (default: $OUT, else benchmarks/results)
 #
-# Needs python with torch (CUDA), torchvision, pytest; nvcc matching torch's CUDA. A machine without
-# internet gets open_clip from wheels carried in .wheels/ (installed here when present), made with
+# Needs python with torch (CUDA), torchvision, pytest, scipy; nvcc matching torch's CUDA. A machine
+# without internet gets open_clip from wheels carried in .wheels/ (installed here when present), made with
 #   pip download --no-deps -d .wheels open_clip_torch==3.3.0 ftfy wcwidth
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,8 @@ fi
 echo "build: $(($(date +%s) - start)) s"
 
 # Op tests: the CUDA cases run here (they are skipped on machines without a GPU).
-"$PY" -m pytest -q -p no:cacheprovider -p no:logging tests/ops/test_roi_align.py tests/ops/test_attn_pool.py >"$OUT_DIR/gpu_tests.log" 2>&1 || status=1
+"$PY" -m pytest -q -p no:cacheprovider -p no:logging tests/ops/test_roi_align.py tests/ops/test_attn_pool.py \
+  tests/ops/test_linear_assignment.py >"$OUT_DIR/gpu_tests.log" 2>&1 || status=1
 grep -E "passed|failed|error" "$OUT_DIR/gpu_tests.log" | tail -15
 
 for dtype in fp16 fp32; do

@@ -14,6 +14,13 @@ Shapes:
 - attn_pool at RN50 shapes (C=2048, 7x7, 32 heads, out 1024), with a region prompt; 256 regions on
   CPU, 1000 on CUDA. Baselines: open_clip's AttentionPool2d (all L queries), the same with token 0 as
   the only query, and the O(L) fold written with plain torch ops (cora.ops.reference).
+- linear_assignment on one CORA-like training batch of per-(image, class) matching problems (see
+  `cora_like_batch`), float32 costs (float64 with --dtype fp64). Baselines: scipy's
+  linear_sum_assignment in a loop over the same blocks, and scipy on CORA's masked full per-image
+  matrices (1000 x G, a large cost on cross-class pairs). Rows: the op on the packed batch (as the
+  matcher calls it), and `linear_sum_assignment` on the list of blocks (packing and splitting
+  included). Then the same for DESIGN.md's baseline shape, 2048 problems of 300 x 3.
+  "max |diff|" is the difference in total matched cost.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Case:
     baseline_name: str
     baseline: Callable[[], torch.Tensor]
     cora: Callable[[], torch.Tensor]
+    # Maps a call's output to the tensor compared between baseline and cora (default: the output).
+    compare: Callable[[object], torch.Tensor] | None = None
 
 
 def random_rois(num_rois: int, batch: int, height: int, width: int, stride: int, device: str, seed: int = 0):
@@ -147,7 +156,110 @@ def attn_pool_cases(device: str, dtype: torch.dtype) -> list[Case]:
     return cases
 
 
-OPS = {"roi_align": roi_align_cases, "attn_pool": attn_pool_cases}
+def cora_like_batch(seed: int = 0, images: int = 32, queries: int = 1000, max_classes: int = 65):
+    """Per-(image, class) matching problems of one CORA training batch, as float64 numpy arrays.
+
+    Per image, the `queries` queries are split into classes of 10..300 queries, drawn in turn while
+    the next class fits (the remaining queries are pre-matched to classes absent from the image), at
+    most `max_classes` classes, each with 1..20 ground truths; costs uniform in [0, 10).
+
+    Returns (blocks, full): blocks, the list of every class's cost matrix [q, g] (images in turn);
+    full, per image the masked matrix [queries, G] holding its blocks on the diagonal and
+    `MASKED_COST` on every cross-class pair.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    blocks, full = [], []
+    for _ in range(images):
+        sizes = []
+        left = queries
+        while len(sizes) < max_classes:
+            q, g = int(rng.integers(10, 301)), int(rng.integers(1, 21))
+            if q > left:
+                break
+            left -= q
+            sizes.append((q, g))
+        image_blocks = [rng.random((q, g)) * 10 for q, g in sizes]
+        matrix = np.full((queries, sum(g for _, g in sizes)), MASKED_COST)
+        row = col = 0
+        for b in image_blocks:
+            matrix[row : row + b.shape[0], col : col + b.shape[1]] = b
+            row, col = row + b.shape[0], col + b.shape[1]
+        blocks += image_blocks
+        full.append(matrix)
+    return blocks, full
+
+
+MASKED_COST = 1e6
+
+
+def linear_assignment_cases(device: str, dtype: torch.dtype) -> list[Case]:
+    import numpy as np
+
+    cost_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    blocks, full = cora_like_batch()
+    cases = _assignment_cases(blocks, full, device, cost_dtype, "B=32")
+    # DESIGN.md's baseline shape: 2048 problems of 300 x 3.
+    rng = np.random.default_rng(1)
+    cases += _assignment_cases([rng.random((300, 3)) * 10 for _ in range(2048)], None, device, cost_dtype, "300x3")
+    return cases
+
+
+def _assignment_cases(blocks, full, device: str, cost_dtype: torch.dtype, name: str) -> list[Case]:
+    """The op on `blocks` packed, and the list API on them, against scipy on each block; against
+    scipy on the masked per-image matrices `full` too when given."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    from cora.ops import batched_linear_assignment, linear_sum_assignment
+
+    np_dtype = np.float64 if cost_dtype == torch.float64 else np.float32
+    blocks = [b.astype(np_dtype) for b in blocks]
+    full = [f.astype(np_dtype) for f in full] if full is not None else None
+    shapes = torch.tensor([b.shape for b in blocks], dtype=torch.int64)
+    rows, cols = shapes[:, 0].contiguous(), shapes[:, 1].contiguous()
+    sizes = rows * cols
+    offsets = sizes.cumsum(0) - sizes
+    flat = torch.from_numpy(np.concatenate([b.ravel() for b in blocks])).to(device)
+    block_tensors = [torch.from_numpy(b).to(device) for b in blocks]
+    dims = "q 10..300 x g 1..20" if full is not None else "each 300 x 3"
+    shape = f"{name} P={len(blocks)} {dims} ({int(sizes.sum())} costs, {str(cost_dtype).replace('torch.', '')})"
+
+    def scipy_blocks():
+        if device == "cpu":
+            return [scipy_lsa(b) for b in blocks]
+        host = flat.cpu().numpy()  # the GPU baseline copies the costs to the host first
+        return [scipy_lsa(host[o : o + r * c].reshape(r, c))
+                for o, r, c in zip(offsets.tolist(), rows.tolist(), cols.tolist())]
+
+    def scipy_full():
+        return [scipy_lsa(f) for f in full]
+
+    def total_cost(out) -> torch.Tensor:
+        """Total matched cost from any of the outputs (same-class pairs only)."""
+        if isinstance(out, tuple):  # the op: (row_idx, col_idx, problem_idx)
+            r, c, p = (t.cpu() for t in out)
+            return flat.cpu().double()[offsets[p] + r * cols[p] + c].sum()
+        if full is not None and len(out) == len(full):  # scipy on the masked per-image matrices
+            values = [f[i, j] for f, (i, j) in zip(full, out)]
+        else:  # per block: scipy (numpy) or linear_sum_assignment (tensors)
+            values = [b[np.asarray(torch.as_tensor(i).cpu()), np.asarray(torch.as_tensor(j).cpu())]
+                      for b, (i, j) in zip(blocks, out)]
+        values = np.concatenate(values).astype(np.float64)
+        return torch.tensor(values[values < MASKED_COST / 2].sum())
+
+    packed = lambda: batched_linear_assignment(flat, rows, cols, offsets)  # noqa: E731
+    as_list = lambda: linear_sum_assignment(block_tensors)  # noqa: E731
+    cases = [Case("linear_assignment", "match", "packed", shape, "scipy loop", scipy_blocks, packed, total_cost)]
+    if full is not None:
+        cases.append(Case("linear_assignment", "match", "packed", shape, "scipy, masked 1000xG", scipy_full, packed,
+                          total_cost))
+    cases.append(Case("linear_assignment", "match", "list API", shape, "scipy loop", scipy_blocks, as_list, total_cost))
+    return cases
+
+
+OPS = {"roi_align": roi_align_cases, "attn_pool": attn_pool_cases, "linear_assignment": linear_assignment_cases}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -159,6 +271,8 @@ def run(args: argparse.Namespace) -> dict:
     for op in args.ops:
         for case in OPS[op](args.device, dtype):
             expected, actual = case.baseline(), case.cora()
+            if case.compare is not None:
+                expected, actual = case.compare(expected), case.compare(actual)
             max_diff = (actual.double() - expected.double()).abs().max().item()
             base = measure(case.baseline, args.device, repeat)
             ours = measure(case.cora, args.device, repeat)

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <tuple>
 
 namespace cora {
 
@@ -20,5 +21,11 @@ at::Tensor prompted_attn_pool(
     const at::Tensor& q_proj_weight, const at::Tensor& q_proj_bias, const at::Tensor& k_proj_weight,
     const at::Tensor& v_proj_weight, const at::Tensor& v_proj_bias, const at::Tensor& c_proj_weight,
     const at::Tensor& c_proj_bias, int64_t num_heads);
+
+// torch.ops.cora.batched_linear_assignment: P row-major cost matrices packed in costs (1-D), with
+// rows/cols/offsets [P] -> (row_idx, col_idx, problem_idx) of all matched pairs, sorted by problem
+// then row; each problem solved as scipy.optimize.linear_sum_assignment (+inf: forbidden pair).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment(
+    const at::Tensor& costs, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& offsets);
 
 }  // namespace cora

@@ -33,6 +33,15 @@ at::Tensor prompted_attn_pool(
                  v_proj_bias, c_proj_weight, c_proj_bias, num_heads);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment(
+    const at::Tensor& costs, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& offsets) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cora::batched_linear_assignment", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(costs, rows, cols, offsets);
+}
+
 }  // namespace cora
 
 TORCH_LIBRARY(cora, m) {
@@ -53,4 +62,8 @@ TORCH_LIBRARY(cora, m) {
       "_prompted_attn_pool_backward(Tensor grad, Tensor x, Tensor positional_embedding, Tensor? prompt, "
       "Tensor q_proj_weight, Tensor q_proj_bias, Tensor k_proj_weight, Tensor v_proj_weight, "
       "Tensor v_proj_bias, Tensor c_proj_weight, int num_heads) -> (Tensor, Tensor, Tensor)");
+  // Output size depends on the data (forbidden pairs are dropped).
+  m.def(
+      "batched_linear_assignment(Tensor costs, Tensor rows, Tensor cols, Tensor offsets) "
+      "-> (Tensor row_idx, Tensor col_idx, Tensor problem_idx)");
 }

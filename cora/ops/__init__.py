@@ -10,6 +10,15 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 from cora.ops.attn_pool import PromptedAttentionPool, prompted_attention_pool
+from cora.ops.linear_assignment import batched_linear_assignment, linear_sum_assignment, per_class_blocks
 from cora.ops.roi_align import RoIAlign, roi_align
 
-__all__ = ["PromptedAttentionPool", "RoIAlign", "prompted_attention_pool", "roi_align"]
+__all__ = [
+    "PromptedAttentionPool",
+    "RoIAlign",
+    "batched_linear_assignment",
+    "linear_sum_assignment",
+    "per_class_blocks",
+    "prompted_attention_pool",
+    "roi_align",
+]
