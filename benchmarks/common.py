@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from typing import Callable
 
 import torch
+
+from cora.fileio import write_json  # noqa: F401  (the scripts' atomic JSON writer)
 
 
 def measure(fn: Callable[[], object], device: str, repeat: int, warmup: int = 1) -> dict:
@@ -65,16 +64,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Atomic write: a crash never leaves a truncated results file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -1,6 +1,6 @@
 """The `cora` command line: `python -m cora <command> --help`.
 
-Commands: detect, eval, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+Commands: detect, eval, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 """
 
 from __future__ import annotations
@@ -113,10 +113,12 @@ def run_convert(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cora", description="CORA open-vocabulary detection toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    from cora.data.cli import add_data_parser
     from cora.engine.eval_cli import add_eval_parser
 
     add_detect_parser(sub)
     add_eval_parser(sub)
+    add_data_parser(sub)
     add_convert_parser(sub)
     return parser
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cora.engine.checkpoint import atomic_write
+from cora.fileio import atomic_write
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -9,43 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cora.config import CORAConfig, config_from_dict, config_to_dict
+from cora.fileio import atomic_write, write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Calls write(tmp_path), then moves tmp_path onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], cfg: CORAConfig) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     atomic_write(Path(directory) / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
 
-    def write_config(tmp):
-        with open(tmp, "w") as f:
-            json.dump(config_to_dict(cfg), f, indent=2)
-
-    atomic_write(Path(directory) / CONFIG_NAME, write_config)
+    write_json(Path(directory) / CONFIG_NAME, config_to_dict(cfg), indent=2)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], CORAConfig]:

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cora.config import unknown_name_message
-from cora.engine.checkpoint import atomic_write
+from cora.fileio import write_json
 
 SPLITS = ("coco-ovd", "lvis")
 MAX_DETS = {"coco-ovd": 100, "lvis": 300}
@@ -384,8 +384,4 @@ def save_json(path: str | Path, obj) -> None:
             return {k: clean(v) for k, v in x.items()}
         return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
 
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(clean(obj), f)
-
-    atomic_write(path, write)
+    write_json(path, clean(obj))
