@@ -1,0 +1,55 @@
+"""`cora train-prompt` then `cora train` (the parsers, as the lead wires them) on synthetic data."""
+
+import argparse
+
+import torch
+
+from cora.data.synthetic import write_synthetic
+from cora.engine.train_cli import add_train_parser, add_train_prompt_parser
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="cora")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_train_prompt_parser(sub)
+    return parser.parse_args(argv)
+
+
+def test_train_prompt_then_train_and_resume(tmp_path):
+    write_synthetic(tmp_path / "d", num_images=6, seed=2, size=(64, 64))
+    common = ["--data", str(tmp_path / "d"), "--preset", "tiny", "--random-init", "--batch-size", "4",
+              "--no-progress", "--device", "cpu"]
+    args = parse(["train-prompt", *common, "--out", str(tmp_path / "p"), "--epochs", "1", "--lr", "1e-3"])
+    assert args.run(args) == 0
+    assert (tmp_path / "p" / "prompt.pth").is_file()
+    loc = ["train", *common, "--out", str(tmp_path / "l"), "--epochs", "2", "--prompt", str(tmp_path / "p" / "prompt.pth")]
+    args = parse([*loc, "--max-steps", "1"])
+    assert args.run(args) == 0 and not (tmp_path / "l" / "model").exists()
+    args = parse([*loc, "--resume"])
+    assert args.run(args) == 0
+    assert (tmp_path / "l" / "model" / "model.safetensors").is_file()
+    assert len((tmp_path / "l" / "log.jsonl").read_text().splitlines()) == 4
+    st = torch.load(next((tmp_path / "l" / "checkpoints").iterdir()) / "training_state.pt", weights_only=True)
+    assert st["step"] == 4 and st["epoch"] == 2
+
+
+def test_bad_data_exits_1(tmp_path, capsys):
+    args = parse(["train", "--data", str(tmp_path / "missing"), "--preset", "tiny", "--random-init",
+                  "--out", str(tmp_path / "o"), "--no-progress"])
+    assert args.run(args) == 1
+    assert "cora train:" in capsys.readouterr().err
+
+
+def test_checkpoint_loads_into_a_fresh_model(tmp_path):
+    from cora.config import get_preset
+    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.modeling.detector import CORA
+
+    write_synthetic(tmp_path / "d", num_images=4, seed=3, size=(64, 64))
+    args = parse(["train", "--data", str(tmp_path / "d"), "--preset", "tiny", "--random-init", "--batch-size", "4",
+                  "--epochs", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "l")])
+    assert args.run(args) == 0
+    state, cfg = load_checkpoint(tmp_path / "l" / "model")
+    assert cfg == get_preset("tiny")
+    load_into(CORA.from_config(cfg, random_init=True), state)
