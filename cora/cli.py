@@ -1,6 +1,6 @@
 """The `cora` command line: `python -m cora <command> --help`.
 
-Commands: detect, eval, train-prompt, train, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+Commands: detect, eval, train-prompt, train, export, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 """
 
 from __future__ import annotations
@@ -116,11 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     from cora.data.cli import add_data_parser
     from cora.engine.eval_cli import add_eval_parser
     from cora.engine.train_cli import add_train_parser, add_train_prompt_parser
+    from cora.export_cli import add_export_parser
 
     add_detect_parser(sub)
     add_eval_parser(sub)
     add_train_prompt_parser(sub)
     add_train_parser(sub)
+    add_export_parser(sub)
     add_data_parser(sub)
     add_convert_parser(sub)
     return parser

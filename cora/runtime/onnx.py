@@ -1,0 +1,130 @@
+"""Run exported CORA graphs with ONNX Runtime, no PyTorch model needed.
+
+    det = OnnxDetector("cora.onnx", text_encoder="text.onnx")
+    results = det.detect(images, vocabulary="cat, dog, traffic light")    # like CORA.detect
+    results = det.detect(images, text_embeddings=emb)                     # emb: [K, D]
+
+    encode = OnnxTextEncoder("text.onnx")
+    emb = encode(["cat", "dog"])                                          # [K, D], 80 templates averaged
+
+Tokenizing uses open_clip's tokenizer: OpenAI's byte-pair encoding written in pure Python (ftfy + regex;
+the open_clip package itself imports torch). It is fast enough for vocabularies (tens of thousands of
+prompts per second) and keeps the tokens identical to those the model was trained with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cora.runtime.preprocess import ExportedDetector, read_metadata
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _session(path, providers):
+    import onnxruntime as ort
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    session = ort.InferenceSession(os.fspath(path), providers=providers or default_providers())
+    meta = read_metadata(path, session.get_modelmeta().custom_metadata_map.get("cora"))
+    return session, meta
+
+
+class OnnxDetector(ExportedDetector):
+    """An exported detector (export/to_onnx.py) under ONNX Runtime, with `CORA.detect`'s API.
+
+    Args:
+        path: the .onnx file (its `<path>.json` sidecar, or the copy in the model's metadata, gives the
+            resize sizes and a baked vocabulary).
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        text_encoder: a text-encoder .onnx path or a callable names -> [K, D], for `vocabulary=` names.
+        min_size, max_size: override the export's resize sizes (dynamic-size graphs only).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, text_encoder=None,
+                 min_size: int | None = None, max_size: int | None = None):
+        self.session, self.meta = _session(path, providers)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "images" not in inputs or "class_prior" not in inputs:
+            raise ValueError(f"{path!r} is not a CORA detector export: inputs {sorted(inputs)}, expected images, "
+                             "[text_embeddings,] class_prior")
+        self.input_names = list(inputs)
+        h, w = inputs["images"].shape[2:]
+        self.image_size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        if "text_embeddings" in inputs:
+            self.embed_dim = int(inputs["text_embeddings"].shape[1])
+            self.vocabulary = None
+        else:
+            self.embed_dim = int(self.meta.get("embed_dim", 0))
+            k = inputs["class_prior"].shape[0]
+            self.vocabulary = list(self.meta.get("vocabulary") or [f"class_{i}" for i in range(k)])
+        pre = self.meta.get("preprocess", {})
+        self.min_size = int(min_size or pre.get("min_size", 800))
+        self.max_size = int(max_size or pre.get("max_size", 1333))
+        self.device = "cpu"
+        self._set_text_encoder(text_encoder)
+
+    def _run(self, batch: torch.Tensor, text: np.ndarray | None, prior: np.ndarray):
+        feed = {"images": batch.cpu().numpy(), "class_prior": prior}
+        if text is not None:
+            feed["text_embeddings"] = text
+        return self.session.run(["boxes", "scores", "labels"], feed)
+
+
+class OnnxTextEncoder:
+    """Class names -> [K, D] text embeddings with an exported CLIP text encoder, as
+    `cora.modeling.text.TextEmbedder`: each name in the 80 ImageNet templates, each prompt embedded and
+    L2-normalised (in the graph), averaged over templates, re-normalised.
+
+    Args:
+        path: the text-encoder .onnx (export/to_onnx.py --text-encoder).
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        templates: prompt templates with one "{}" (default: the export's, else OpenAI's 80 ImageNet ones).
+        batch_size: prompts per run.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 templates: Sequence[str] | None = None, batch_size: int = 256):
+        import open_clip
+
+        self.session, meta = _session(path, providers)
+        if [i.name for i in self.session.get_inputs()] != ["tokens"]:
+            raise ValueError(f"{path!r} is not a CORA text-encoder export (expected one input 'tokens')")
+        if templates is None:
+            templates = meta.get("templates")
+        if templates is None:
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+            templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        self.templates = list(templates)
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ValueError("templates must be a non-empty list of strings with one '{}' each")
+        self.tokenizer = open_clip.get_tokenizer("RN50")  # all CLIP ResNets share OpenAI's BPE tokenizer
+        self.batch_size = int(batch_size)
+
+    def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """Prompts (N) -> [N, D] unit-norm embeddings."""
+        chunks = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(list(prompts[start:start + self.batch_size])).numpy().astype(np.int64)
+            chunks.append(self.session.run(["embeddings"], {"tokens": tokens})[0])
+        return np.concatenate(chunks)
+
+    def __call__(self, names: Sequence[str]) -> np.ndarray:
+        if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
+        t = len(self.templates)
+        per_prompt = self.embed_prompts([tpl.format(n) for n in names for tpl in self.templates])  # [K*T, D]
+        per_name = per_prompt.reshape(len(names), t, -1).mean(1)                                 # [K, D]
+        return (per_name / np.linalg.norm(per_name, axis=-1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,106 @@
+"""cora.runtime.onnx: OnnxDetector (CORA.detect's API over ONNX Runtime) and OnnxTextEncoder."""
+
+import numpy as np
+import pytest
+import torch
+
+from cora.runtime.onnx import OnnxDetector, OnnxTextEncoder, default_providers
+from export.check import TOLERANCES, match_detections, text_encoder_parity
+from tests.export.exported import BAKED_NAMES, baked_vocabulary, runtime_vocabulary
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return runtime_vocabulary(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def detector(exported):
+    return OnnxDetector(exported.path, text_encoder=exported.text_encoder)
+
+
+def text(k, seed=0):
+    return torch.nn.functional.normalize(torch.randn(k, 64, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_providers_default_to_cpu_here(detector):
+    assert default_providers()[-1] == "CPUExecutionProvider"
+    assert detector.image_size is None and detector.embed_dim == 64 and (detector.min_size, detector.max_size) == (128, 192)
+
+
+def test_detect_equals_cora_detect_when_no_padding_is_needed(exported, detector):
+    images = [torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    t = text(7)
+    prior = torch.linspace(0.5, 2, 7)
+    got = detector.detect(images, text_embeddings=t.numpy(), class_prior=prior)
+    ref = exported.detector.detect(images, text_embeddings=t, class_prior=prior)
+    for g, r in zip(got, ref):
+        assert len(g["scores"]) == len(r["scores"]) > 0
+        as_tuple = lambda d: tuple(d[k].numpy() for k in ("boxes", "scores", "labels"))  # noqa: E731
+        m = match_detections(as_tuple(r), as_tuple(g), 100, 0.001)  # tied scores come in any order
+        assert m["unmatched"] == 0 and m["top_label_ok"], m
+        assert m["box_diff"] < TOLERANCES["boxes"] and m["score_diff"] < TOLERANCES["scores"]
+
+
+def test_any_sizes_boxes_in_original_pixels_and_names(detector):
+    images = [np.random.rand(3, 300, 200).astype(np.float32), torch.rand(3, 64, 500)]
+    results = detector.detect(images, vocabulary="cat, dog, traffic light")
+    for img, det in zip(images, results):
+        h, w = img.shape[1:]
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= 100
+        assert (det["boxes"] >= 0).all() and (det["boxes"][:, [0, 2]] <= w).all() and (det["boxes"][:, [1, 3]] <= h).all()
+        assert det["labels"].dtype == torch.int64 and ((det["labels"] >= 0) & (det["labels"] < 3)).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(text_embeddings=np.zeros((0, 64), np.float32)), r"K >= 1"),
+    (dict(text_embeddings=np.zeros((3, 32), np.float32)), r"\[K, 64\]"),
+    (dict(text_embeddings=np.zeros((3, 64), np.float32), vocabulary="cat"), "exactly one"),
+    (dict(), "exactly one"),
+    (dict(text_embeddings=np.ones((3, 64), np.float32), class_prior=np.ones(2, np.float32)), r"class_prior"),
+])
+def test_bad_inputs_are_clear_errors(detector, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        detector.detect([torch.rand(3, 64, 64)], **kwargs)
+
+
+def test_bad_image_rank_and_dtype(detector):
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        detector.detect(np.zeros((3, 64, 64), np.float32), text_embeddings=text(2))
+    with pytest.raises(ValueError, match="uint8"):
+        detector.detect(np.zeros((1, 3, 64, 64), np.uint8), text_embeddings=text(2))
+
+
+def test_names_without_a_text_encoder_is_a_clear_error(exported):
+    with pytest.raises(ValueError, match="need a text encoder"):
+        OnnxDetector(exported.path).detect([torch.rand(3, 64, 64)], vocabulary=["cat"])
+    with pytest.raises(ValueError, match="text_encoder must be"):
+        OnnxDetector(exported.path, text_encoder=42)
+    with pytest.raises(FileNotFoundError):
+        OnnxDetector(exported.path.parent / "missing.onnx")
+
+
+def test_callable_text_encoder(exported):
+    det = OnnxDetector(exported.path, text_encoder=lambda names: text(len(names)))
+    assert len(det.detect([torch.rand(3, 96, 96)], vocabulary=["a", "b"])) == 1
+
+
+def test_text_encoder_matches_open_clip_and_text_embedder(exported):
+    clip = exported.detector._clip_model[0]
+    assert text_encoder_parity(exported.text_encoder, clip, ["a photo of a cat.", "traffic light", "x" * 200]) < 1e-5
+    names = ["cat", "dog", "traffic light"]
+    got = OnnxTextEncoder(exported.text_encoder)(names)
+    ref = exported.detector.encode_vocabulary(names).numpy()  # TextEmbedder: 80 templates averaged
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_baked_vocabulary_model(tmp_path_factory):
+    baked = baked_vocabulary(tmp_path_factory)
+    det = OnnxDetector(baked.path)
+    assert det.vocabulary == BAKED_NAMES and det.image_size == (96, 128)
+    (res,) = det.detect([torch.rand(3, 200, 120)])
+    assert len(res["scores"]) <= 10 and (res["boxes"][:, [0, 2]] <= 120).all()
+    with pytest.raises(ValueError, match="baked vocabulary of 3 classes"):
+        det.detect([torch.rand(3, 64, 64)], vocabulary=["cat"])
