@@ -18,7 +18,7 @@ build: venv
 	$(PY) setup.py build_ext --inplace
 
 demo: build
-	$(PY) benchmarks/kernels.py --quick
+	$(PY) benchmarks/vocab_scaling.py
 
 test: build
 	$(PY) -m pytest -q
