@@ -33,6 +33,21 @@ def add_detect_parser(sub) -> None:
     p.set_defaults(run=run_detect)
 
 
+def build_model(cfg, state, clip_weights: str | None, random_init: bool, device: str):
+    """CORA of `cfg` with CLIP weights and learned weights (`state`, or none), in eval mode on `device`."""
+    from cora.engine.checkpoint import load_into
+    from cora.modeling.detector import CORA
+
+    try:
+        model = CORA.from_config(cfg, clip_weights=clip_weights, random_init=random_init)
+    except (RuntimeError, OSError) as e:
+        raise CLIError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({str(e).splitlines()[0]}); "
+                       "without the model hub, pass --clip-weights PATH to a local open_clip checkpoint") from e
+    if state is not None:
+        load_into(model, state)
+    return model.to(device).eval()
+
+
 def _cuda() -> bool:
     import torch
 
@@ -44,9 +59,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cora.config import get_preset
-    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.engine.checkpoint import load_checkpoint
     from cora.io import draw_detections, read_image, write_detections_json
-    from cora.modeling.detector import CORA
     from cora.modeling.text import load_vocabulary
 
     if args.checkpoint is None and not args.random_init:
@@ -61,14 +75,7 @@ def run_detect(args: argparse.Namespace) -> int:
         images = [read_image(path) for path in args.images]
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e)) from e
-    try:
-        model = CORA.from_config(cfg, clip_weights=args.clip_weights, random_init=args.random_init)
-    except (RuntimeError, OSError) as e:
-        raise CLIError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({e}); without the model hub, "
-                       "pass --clip-weights PATH to a local open_clip checkpoint") from e
-    if state is not None:
-        load_into(model, state)
-    model = model.to(args.device).eval()
+    model = build_model(cfg, state, args.clip_weights, args.random_init, args.device)
     text = model.encode_vocabulary(names)
 
     for path, image in tqdm(list(zip(args.images, images)), desc="detect", unit="image", disable=len(images) < 2):

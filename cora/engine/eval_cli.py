@@ -151,11 +151,10 @@ def _run_model(args, gt: dict, novel, base, ev) -> tuple[list[dict], list[int], 
     import torch
     from tqdm import tqdm
 
-    from cora.cli import CLIError
+    from cora.cli import build_model
     from cora.config import apply_overrides, config_to_dict, get_preset
-    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.engine.checkpoint import load_checkpoint
     from cora.io import read_image
-    from cora.modeling.detector import CORA
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
@@ -181,14 +180,7 @@ def _run_model(args, gt: dict, novel, base, ev) -> tuple[list[dict], list[int], 
         print(f"note: the model keeps {cfg.inference.max_detections} detections per image; {args.split} scores up to "
               f"{ev.MAX_DETS[args.split]} (--set inference.max_detections={ev.MAX_DETS[args.split]})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = CORA.from_config(cfg, clip_weights=args.clip_weights, random_init=args.random_init)
-    except (RuntimeError, OSError) as e:
-        raise CLIError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({str(e).splitlines()[0]}); "
-                       "pass --clip-weights PATH to a local open_clip checkpoint") from e
-    if state is not None:
-        load_into(model, state)
-    model = model.to(device).eval()
+    model = build_model(cfg, state, args.clip_weights, args.random_init, device)
     text = model.encode_vocabulary(names)
     prior = torch.tensor([args.novel_prior if c["id"] in novel_ids else 1.0 for c in categories], device=device)
     cat_ids = [c["id"] for c in categories]
