@@ -26,7 +26,8 @@ def add_detect_parser(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="a cora checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint file for the CLIP backbone "
                    "(default: the preset's open_clip tag, which needs the model hub)")
-    p.add_argument("--random-init", action="store_true", help="random CORA and CLIP weights: try the pipeline without weights")
+    p.add_argument("--random-init", action="store_true",
+                   help="random CORA and CLIP weights (seed 0): try the pipeline without weights")
     p.add_argument("--out", default="detections", help="output folder (default: ./detections)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw and save detections above this score (default: 0.3)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if available, else cpu)")
@@ -38,6 +39,10 @@ def build_model(cfg, state, clip_weights: str | None, random_init: bool, device:
     from cora.engine.checkpoint import load_into
     from cora.modeling.detector import CORA
 
+    if random_init:
+        import torch
+
+        torch.manual_seed(0)  # smoke runs are reproducible: the same random weights every time
     try:
         model = CORA.from_config(cfg, clip_weights=clip_weights, random_init=random_init)
     except (RuntimeError, OSError) as e:

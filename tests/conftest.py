@@ -10,6 +10,12 @@ TOLERANCES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state: random weights and inputs are reproducible."""
+    torch.manual_seed(0)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_cuda: needs a CUDA GPU (skipped without one)")
     config.addinivalue_line("markers", "slow: builds or exports something; seconds to a minute")
