@@ -111,7 +111,7 @@ class CORA(nn.Module):
         out = self.localizer(layer3, mask, matched["content_queries"])
         sizes = image_sizes.flip(-1).repeat(1, 2).to(layer3.dtype)      # [B, 4] (w, h, w, h)
         boxes_px = cxcywh_to_xyxy(out["boxes"][-1]) * sizes[:, None]    # [B, Q, 4] pixels
-        logits = self.region_classifier(layer3, list(boxes_px.detach()), text_embeddings)
+        logits = self.region_classifier(layer3, boxes_px.detach(), text_embeddings)
         return {"boxes": out["boxes"], "objectness": out["objectness"], "classes": matched["classes"],
                 "class_logits": logits.view(b, -1, text_embeddings.shape[0])}
 

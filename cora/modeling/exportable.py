@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from cora.modeling.detector import padding_mask
 from cora.modeling.postprocess import class_probabilities, cxcywh_to_xyxy
 from cora.modeling.region_classifier import cosine_logits
-from cora.ops import roi_align
 
 # TensorRT's TopK supports k <= 3840.
 MAX_TOPK = 3840
@@ -157,13 +156,7 @@ class ExportableCORA(nn.Module):
         out = self.localizer(layer3, mask, matched["content_queries"])
         scale = sizes.flip(-1).repeat(1, 2).to(layer3.dtype)                     # [B, 4] (w, h, w, h)
         boxes = cxcywh_to_xyxy(out["boxes"][-1]) * scale[:, None]               # [B, Q, 4] pixels
-        q = boxes.shape[1]
-        # RegionClassifier.forward on a [B*Q, 5] rois tensor (its list-of-boxes form iterates over B).
-        index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(b, q, 1)
-        rois = torch.cat([index, boxes], dim=-1).reshape(-1, 5)                 # [B*Q, 5]
-        regions = roi_align(layer3, rois, backbone.roi_side, 1.0 / backbone.stride, -1, True)
-        pooled = self.region_classifier.pool(backbone.layer4(regions))          # [B*Q, D]
-        embeddings = F.normalize(pooled, dim=-1).reshape(b, q, -1)              # [B, Q, D]
+        embeddings = self.region_classifier.region_embeddings(layer3, boxes).reshape(b, boxes.shape[1], -1)  # [B, Q, D]
         logits = cosine_logits(embeddings, text_embeddings, self.temperature, self.embed_dim)  # [B, Q, K]
         clipped = torch.minimum(boxes.clamp(min=0), scale[:, None].expand_as(boxes))
         return {"boxes": clipped, "objectness": out["objectness"][-1], "class_logits": logits}

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from cora.modeling.mlp import MLP
-from cora.modeling.postprocess import class_probabilities
+from cora.modeling.postprocess import class_probabilities, cxcywh_to_xyxy
 from cora.modeling.region_classifier import cosine_logits
 from cora.ops import PromptedAttentionPool, roi_align
-from cora.ops._utils import is_tracing
+from cora.ops._utils import batched_boxes_to_rois, is_tracing
 
 # The official code's `--condition_bottleneck` (text_dim -> 128 -> hidden_dim).
 TEXT_PROJ_BOTTLENECK = 128
@@ -108,14 +108,11 @@ class AnchorPreMatcher(nn.Module):
         with torch.no_grad():
             # Box geometry in float32 at least: half precision is off by up to 0.5 px at 1333 px.
             geometry = torch.promote_types(layer4_map.dtype, torch.float32)
-            cx, cy, w, h = anchors.to(device=layer4_map.device, dtype=geometry).unbind(-1)
-            boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)  # [Q, 4] xyxy
+            boxes = cxcywh_to_xyxy(anchors.to(device=layer4_map.device, dtype=geometry))  # [Q, 4]
             sizes = image_sizes.to(device=layer4_map.device, dtype=geometry)
             scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1)  # [B, 4] (w, h, w, h)
             boxes = boxes[None] * scale[:, None, :]  # [B, Q, 4] pixels
-            index = torch.arange(batch, device=layer4_map.device, dtype=geometry)
-            index = index[:, None, None].expand(batch, queries, 1)  # [B, Q, 1]
-            rois = torch.cat([index, boxes], dim=-1).reshape(batch * queries, 5)  # [B*Q, 5]
+            rois = batched_boxes_to_rois(boxes)  # [B*Q, 5]
             regions = roi_align(layer4_map, rois, self.pool_side, self.spatial_scale, -1, True)  # [B*Q, C4, S, S]
             embeddings = self.pool(regions).reshape(batch, queries, -1)  # [B, Q, D]
             logits = cosine_logits(embeddings, text_embeddings, self.temperature, self.text_dim)  # [B, Q, K]

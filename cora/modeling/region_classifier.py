@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cora.ops import PromptedAttentionPool, roi_align
+from cora.ops._utils import batched_boxes_to_rois
 
 
 class RegionClassifier(nn.Module):
@@ -38,38 +39,46 @@ class RegionClassifier(nn.Module):
         self.pool = PromptedAttentionPool(backbone.attnpool)
         self.temperature = float(temperature)
 
-    def region_embeddings(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
+    def region_embeddings(self, features: Tensor, boxes: list[Tensor] | Tensor) -> Tensor:
         """L2-normalised CLIP embeddings of boxes.
 
         Args:
             features: Tensor[B, C3, h, w], CLIP's layer3 map (`backbone.features`), stride 16.
-            boxes: list of B Tensor[N_i, 4], boxes of image i as pixel `xyxy` in the (padded) input
-                image. N_i may be 0.
+            boxes: pixel `xyxy` boxes in the (padded) input image: a list of B Tensor[N_i, 4] (N_i may
+                be 0), or Tensor[B, N, 4] with N boxes per image (no Python loop over B: traceable and
+                exportable with a dynamic batch).
 
         Returns:
             Tensor[sum N_i, D] (D = `backbone.embed_dim`), rows in the order of the boxes (image 0
             first), unit L2 norm, in the dtype of `features`.
         """
         self._check_features(features)
-        if not isinstance(boxes, (list, tuple)) or len(boxes) != features.shape[0]:
+        batch = features.shape[0]
+        if isinstance(boxes, Tensor):
+            if boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
+                raise ValueError(f"RegionClassifier: boxes must be Tensor[B = {batch}, N, 4], got {list(boxes.shape)}")
+            rois = batched_boxes_to_rois(boxes)  # [B*N, 5]
+        elif isinstance(boxes, (list, tuple)) and len(boxes) == batch:
+            rois = list(boxes)
+        else:
             got = f"a {type(boxes).__name__} of length {len(boxes)}" if isinstance(boxes, (list, tuple)) \
                 else type(boxes).__name__
             raise ValueError(
-                f"RegionClassifier: boxes must be a list of B = {features.shape[0]} Tensor[N_i, 4] (one per image "
-                f"of features), got {got}"
+                f"RegionClassifier: boxes must be a list of B = {batch} Tensor[N_i, 4] (one per image "
+                f"of features) or Tensor[B, N, 4], got {got}"
             )
         backbone = self.backbone
         # [N, C3, roi_side, roi_side]; sampling_ratio -1: adaptive, aligned: pixel centres at +0.5.
-        regions = roi_align(features, list(boxes), backbone.roi_side, 1.0 / backbone.stride, -1, True)
+        regions = roi_align(features, rois, backbone.roi_side, 1.0 / backbone.stride, -1, True)
         regions = backbone.layer4(regions)  # [N, C4, pool_side, pool_side]
         return F.normalize(self.pool(regions), dim=-1)  # [N, D]
 
-    def forward(self, features: Tensor, boxes: list[Tensor], text_embeddings: Tensor) -> Tensor:
+    def forward(self, features: Tensor, boxes: list[Tensor] | Tensor, text_embeddings: Tensor) -> Tensor:
         """Class logits of boxes: `temperature * cos(region embedding, text embedding)`.
 
         Args:
             features: Tensor[B, C3, h, w] layer3 map (see `region_embeddings`).
-            boxes: list of B Tensor[N_i, 4] pixel `xyxy` boxes.
+            boxes: list of B Tensor[N_i, 4] or Tensor[B, N, 4] pixel `xyxy` boxes (see `region_embeddings`).
             text_embeddings: Tensor[K, D] class embeddings (normalised here; K >= 1).
 
         Returns:

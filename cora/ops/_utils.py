@@ -31,6 +31,14 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
     return torch.cat([index, concat], dim=1)
 
 
+def batched_boxes_to_rois(boxes: Tensor) -> Tensor:
+    """Tensor[B, N, 4] (N boxes per image) -> Tensor[B*N, 5] (batch index, x1, y1, x2, y2), with no Python
+    loop over B (traceable with a dynamic batch)."""
+    b, n = boxes.shape[:2]
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(b, n, 1)
+    return torch.cat([index, boxes], dim=-1).reshape(-1, 5)
+
+
 def is_tracing(t: Tensor) -> bool:
     """True under torch.compile / torch.export / jit tracing, where data-dependent checks can't run."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or type(t) is not Tensor
