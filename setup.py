@@ -8,7 +8,9 @@ come from `TORCH_CUDA_ARCH_LIST`, default "8.0;9.0" (A100, H100/H200).
 
 import glob
 import os
+import shutil
 import site
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -88,9 +90,31 @@ def build_extensions():
     ]
 
 
+def _check_dynamic_libstdcxx(path):
+    """Exits when the built library does not load libstdc++ dynamically.
+
+    A compiler wrapper that links libstdc++ statically (seen on a GPU image: CXX=/opt/gcc/bin/g++) gives
+    the extension its own copy of the C++ runtime; any exception it throws (every argument check) then
+    crashes the process with a segmentation fault instead of raising in Python."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return  # cannot check without binutils
+    dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True).stdout
+    if "libstdc++.so" not in dynamic:
+        os.remove(path)
+        sys.exit(f"setup.py: {path} links libstdc++ statically (compiler: {os.environ.get('CXX', 'c++')}), so C++ "
+                 "exceptions thrown in it would crash Python. Build with a compiler that links it dynamically, "
+                 "e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ python setup.py build_ext --inplace")
+
+
 def main():
     _set_cuda_home()  # before torch.utils.cpp_extension reads it at import
     from torch.utils.cpp_extension import BuildExtension
+
+    class BuildExtensionChecked(BuildExtension.with_options(use_ninja=True)):
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            _check_dynamic_libstdcxx(self.get_ext_fullpath(ext.name))
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
     setup(
@@ -101,7 +125,7 @@ def main():
         python_requires=">=3.10",
         ext_modules=build_extensions(),
         entry_points={"console_scripts": ["cora = cora.cli:main"]},
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": BuildExtensionChecked},
     )
 
 

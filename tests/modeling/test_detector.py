@@ -89,3 +89,20 @@ def test_bad_input(model):
         model.detect([torch.rand(3, 64, 64)], text_embeddings=torch.zeros(0, 64))
     with pytest.raises(FileNotFoundError, match="not a cora checkpoint"):
         load_checkpoint("/nonexistent/ckpt")
+
+
+@pytest.mark.needs_cuda
+def test_cuda_forward_matches_cpu():
+    """Every stage on the GPU (backbone, the cora ops, pre-matching, localizer) against the CPU path."""
+    cpu_model = CORA.from_config(get_preset("tiny"), random_init=True).eval()
+    gpu_model = CORA.from_config(get_preset("tiny"), random_init=True).eval()
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model.cuda()
+    images, sizes = torch.rand(2, 3, 96, 128), torch.tensor([[96, 128], [70, 100]])
+    t = text(7, cpu_model.backbone.embed_dim)
+    with torch.no_grad():
+        a = cpu_model(images, sizes, t)
+        b = gpu_model(images.cuda(), sizes.cuda(), t.cuda())
+    assert torch.equal(a["classes"], b["classes"].cpu())
+    for key in ("boxes", "objectness", "class_logits"):
+        torch.testing.assert_close(b[key].cpu(), a[key], rtol=1e-3, atol=1e-3, msg=key)
