@@ -88,10 +88,10 @@ def run_eval(args: argparse.Namespace) -> int:
             print(f"novel classes from {Path(args.data) / SPLIT_FILE}: {', '.join(map(str, novel))}")
         if args.detections is not None:
             detections = ev.check_coco_results(ev.load_json(args.detections, "detections file"), args.detections)
-            image_ids, info = None, {"detections": str(args.detections)}
+            result = ev.evaluate(args.split, detections, gt, novel, None, args.verbose, base)
+            info = {"detections": str(args.detections)}
         else:
-            detections, image_ids, info = _run_model(args, gt, novel, base, ev)
-        result = ev.evaluate(args.split, detections, gt, novel, image_ids, args.verbose, base)
+            result, info = _run_model(args, gt, novel, base)
         metrics_path = Path(args.out) / "metrics.json"
         ev.save_json(metrics_path, {**result, "gt": str(gt_path), **info})
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -128,52 +128,30 @@ def _find(root: str | None, candidates, what: str, flag: str) -> Path:
 
 
 def _image_root(data: str | None, first: dict) -> Path:
+    from cora.engine.inference import image_path
+
     if data is None:
         raise ValueError("no images: pass --images DIR or --data DIR")
     for rel in DEFAULT_IMAGES:
-        if _image_path(Path(data) / rel, first).is_file():
+        if image_path(Path(data) / rel, first).is_file():
             return Path(data) / rel
-    raise FileNotFoundError(f"image {_image_path(Path(data), first).name} not found under {data} "
+    raise FileNotFoundError(f"image {image_path(Path(data), first).name} not found under {data} "
                             f"(looked in {', '.join(DEFAULT_IMAGES)}): pass --images DIR")
 
 
-def _image_path(images_dir: Path, image: dict) -> Path:
-    if "file_name" in image:
-        return images_dir / image["file_name"]
-    folder, name = str(image.get("coco_url", "")).split("/")[-2:] if "/" in str(image.get("coco_url", "")) else ("", "")
-    if not name:
-        raise ValueError(f"ground-truth image {image['id']} has neither file_name nor coco_url")
-    return images_dir / folder / name if (images_dir / folder).is_dir() else images_dir / name
-
-
-def _run_model(args, gt: dict, novel, base, ev) -> tuple[list[dict], list[int], dict]:
-    """Runs the detector over the ground truth's images -> (COCO results, evaluated image ids, info)."""
+def _run_model(args, gt: dict, novel, base) -> tuple[dict, dict]:
+    """Runs the detector over the ground truth's images and scores it -> (result, info); writes detections.json."""
     import torch
-    from tqdm import tqdm
 
     from cora.cli import build_model
     from cora.config import apply_overrides, config_to_dict, get_preset
+    from cora.engine import evaluate as ev
     from cora.engine.checkpoint import load_checkpoint
-    from cora.io import read_image
+    from cora.engine.inference import evaluate_model
 
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise ValueError("--batch-size and --limit must be >= 1")
-    if args.split == "coco-ovd":
-        novel_ids, base_ids = ev.ovd_groups(gt["categories"], novel, base, gt.get("info"))
-        categories = [c for c in gt["categories"] if c["id"] in novel_ids | base_ids]
-    else:
-        categories = list(gt["categories"])
-        novel_ids = {c["id"] for c in categories if c["frequency"] == "r"}
-    categories.sort(key=lambda c: c["id"])
-    names = [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
-    images = sorted(gt["images"], key=lambda im: im["id"])[: args.limit]
-    if not images:
+    if not gt["images"]:
         raise ValueError("the ground truth has no images")
-    images_dir = Path(args.images) if args.images else _image_root(args.data, images[0])
-    paths = [_image_path(images_dir, im) for im in images]
-    if missing := [p for p in paths if not p.is_file()]:
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images not found, e.g. {missing[0]}")
-
+    images_dir = Path(args.images) if args.images else _image_root(args.data, min(gt["images"], key=lambda im: im["id"]))
     state, cfg = load_checkpoint(args.checkpoint) if args.checkpoint else (None, get_preset(args.preset))
     cfg = apply_overrides(cfg, args.overrides)
     if cfg.inference.max_detections < ev.MAX_DETS[args.split]:
@@ -181,22 +159,11 @@ def _run_model(args, gt: dict, novel, base, ev) -> tuple[list[dict], list[int], 
               f"{ev.MAX_DETS[args.split]} (--set inference.max_detections={ev.MAX_DETS[args.split]})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, state, args.clip_weights, args.random_init, device)
-    text = model.encode_vocabulary(names)
-    prior = torch.tensor([args.novel_prior if c["id"] in novel_ids else 1.0 for c in categories], device=device)
-    cat_ids = [c["id"] for c in categories]
-
-    detections = []
-    batches = [list(range(i, min(i + args.batch_size, len(images)))) for i in range(0, len(images), args.batch_size)]
-    with tqdm(total=len(images), desc="eval", unit="image") as bar:
-        for batch in batches:
-            tensors = [torch.from_numpy(read_image(paths[i])).permute(2, 0, 1).float().div(255) for i in batch]
-            for i, det in zip(batch, model.detect(tensors, text_embeddings=text, class_prior=prior)):
-                detections += ev.detections_to_coco(det, images[i]["id"], cat_ids)
-            bar.update(len(batch))
-    detections = ev.gather_detections(detections)
+    result, detections = evaluate_model(model, args.split, gt, images_dir, novel, base, args.batch_size,
+                                        args.novel_prior, args.limit, verbose=args.verbose)
     dets_path = Path(args.out) / "detections.json"
     ev.save_json(dets_path, detections)
     print(f"wrote {dets_path} ({len(detections)} detections)")
     info = {"detections": str(dets_path), "checkpoint": args.checkpoint, "random_init": args.random_init,
             "images": str(images_dir), "novel_prior": args.novel_prior, "config": config_to_dict(cfg)}
-    return detections, [im["id"] for im in images], info
+    return result, info

@@ -68,7 +68,8 @@ def run_train(args: argparse.Namespace) -> int:
     from cora.data.transforms import scaled_train_transforms
     from cora.engine.checkpoint import load_checkpoint, load_into, load_official_file
     from cora.engine.convert import PROMPT_KEY
-    from cora.engine.train_localizer import TrainConfig, train_localizer
+    from cora.engine.train_localizer import train_localizer
+    from cora.engine.trainer import TrainConfig
     from cora.engine.train_prompt import train_prompt
     from cora.modeling.detector import CORA
 

@@ -2,7 +2,7 @@
 
 Cross-entropy over the training vocabulary of the region classifier's logits (100 * cosine) on the
 ground-truth boxes; AdamW (lr 1e-4, x0.1 from `lr_drop_epoch`). The loop, log, checkpoints and resume are
-`cora.engine.train_localizer.run_training`'s. At the end the prompt is exported as
+`cora.engine.trainer.run_training`'s. At the end the prompt is exported as
 `<out>/prompt.pth` = {"attnpool.positional_embedding": Tensor[S*S+1, C]} (the effective positional embedding,
 the official code's form: `cora convert --prompt` and `RegionClassifier.load_prompt` read it).
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cora.engine.convert import PROMPT_KEY
-from cora.engine.train_localizer import TrainConfig, pad_batch, run_training
+from cora.engine.trainer import TrainConfig, pad_batch, run_training
 from cora.fileio import atomic_write
 
 PROMPT_PREFIXES = ("region_classifier.pool.prompt",)

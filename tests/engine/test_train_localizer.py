@@ -9,8 +9,8 @@ from cora.config import get_preset
 from cora.data.coco import build_dataset
 from cora.data.synthetic import write_synthetic
 from cora.data.transforms import Resize, scaled_train_transforms
-from cora.engine.train_localizer import (TrainConfig, class_dropout_halves, split_classes, train_localizer,
-                                         pad_batch)
+from cora.engine.train_localizer import class_dropout_halves, split_classes, train_localizer
+from cora.engine.trainer import TrainConfig, pad_batch
 from cora.modeling.detector import CORA
 from cora.modeling.matcher import PerClassHungarianMatcher
 

@@ -1,0 +1,88 @@
+"""Runs a CORA model over a ground truth's images and scores it: what `cora eval` and the periodic evaluation
+of training share.
+
+    result, detections = evaluate_model(model, "coco-ovd", gt, images_dir, batch_size=8)
+    result["metrics"]["AP50_novel"]
+
+Under torch.distributed every process detects its share of the images (every world_size-th) and process 0
+scores them all; the other processes get (None, []).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cora.engine import distributed
+from cora.engine import evaluate as ev
+from cora.io import read_image
+
+
+def eval_categories(gt: dict, split: str, novel=None, base=None) -> tuple[list[dict], list[str], set[int]]:
+    """The categories a model is asked for (sorted by id), their names as text prompts, and the novel ids:
+    coco-ovd: novel + base classes (ev.ovd_groups); lvis: all, rare = novel."""
+    if split == "coco-ovd":
+        novel_ids, base_ids = ev.ovd_groups(gt["categories"], novel, base, gt.get("info"))
+        categories = [c for c in gt["categories"] if c["id"] in novel_ids | base_ids]
+    else:
+        categories = list(gt["categories"])
+        novel_ids = {c["id"] for c in categories if c["frequency"] == "r"}
+    categories.sort(key=lambda c: c["id"])
+    names = [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
+    return categories, names, novel_ids
+
+
+def image_path(images_dir: Path, image: dict) -> Path:
+    """An image entry's file: images_dir / file_name, or (LVIS v1, no file_name) <folder>/<file> of coco_url."""
+    if "file_name" in image:
+        return images_dir / image["file_name"]
+    url = str(image.get("coco_url", ""))
+    if "/" not in url:
+        raise ValueError(f"ground-truth image {image['id']} has neither file_name nor coco_url")
+    folder, name = url.split("/")[-2:]
+    return images_dir / folder / name if (images_dir / folder).is_dir() else images_dir / name
+
+
+@torch.no_grad()
+def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=None, base=None, batch_size: int = 1,
+                   novel_prior: float = 1.0, limit: int | None = None,
+                   progress: bool = True, verbose: bool = False) -> tuple[dict | None, list[dict]]:
+    """Detects on the first `limit` images of `gt` (by id; all by default) and scores them.
+
+    gt: a loaded ground truth (ev.load_ground_truth). novel_prior multiplies the novel classes' pre-matching
+    probabilities; verbose shows pycocotools / lvis-api output. Returns (cora.engine.evaluate's result, the
+    COCO results) on process 0, (None, []) on the others.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise ValueError("batch_size and limit must be >= 1")
+    categories, names, novel_ids = eval_categories(gt, split, novel, base)
+    images = sorted(gt["images"], key=lambda im: im["id"])[:limit]
+    if not images:
+        raise ValueError("the ground truth has no images")
+    paths = [image_path(Path(images_dir), im) for im in images]
+    if missing := [p for p in paths if not p.is_file()]:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images not found, e.g. {missing[0]}")
+    device = model.device
+    text = model.encode_vocabulary(names)
+    prior = torch.tensor([novel_prior if c["id"] in novel_ids else 1.0 for c in categories], device=device)
+    cat_ids = [c["id"] for c in categories]
+    mine = list(range(distributed.rank(), len(images), distributed.world_size()))
+    modes = {m: m.training for m in model.modules()}  # restored after: training keeps CLIP in eval mode
+    model.eval()
+    detections = []
+    with tqdm(total=len(mine), desc="eval", unit="image", disable=not progress) as bar:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start: start + batch_size]
+            tensors = [torch.from_numpy(read_image(paths[i])).permute(2, 0, 1).float().div(255) for i in batch]
+            for i, det in zip(batch, model.detect(tensors, text_embeddings=text, class_prior=prior)):
+                detections += ev.detections_to_coco(det, images[i]["id"], cat_ids)
+            bar.update(len(batch))
+    for m, mode in modes.items():
+        m.train(mode)
+    detections = ev.gather_detections(detections)
+    if distributed.rank() != 0:
+        return None, []
+    return ev.evaluate(split, detections, gt, novel, [im["id"] for im in images], verbose, base), detections
