@@ -1,6 +1,6 @@
 """The `cora` command line: `python -m cora <command> --help`.
 
-Commands: detect, eval, train-prompt, train, export, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+Commands: detect, eval, train-prompt, relabel, train, export, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 """
 
 from __future__ import annotations
@@ -127,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     from cora.data.cli import add_data_parser
     from cora.engine.eval_cli import add_eval_parser
+    from cora.engine.relabel import add_relabel_parser
     from cora.engine.train_cli import add_train_parser, add_train_prompt_parser
     from cora.export_cli import add_export_parser
 
     add_detect_parser(sub)
     add_eval_parser(sub)
     add_train_prompt_parser(sub)
+    add_relabel_parser(sub)
     add_train_parser(sub)
     add_export_parser(sub)
     add_data_parser(sub)
@@ -141,8 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):  # flag values: defaults < --config file < command line
+            from cora.engine.train_cli import load_config_file
+
+            try:
+                args.config_parser.set_defaults(**load_config_file(args.config, args.config_parser))
+            except (ValueError, OSError) as e:
+                raise CLIError(str(e).splitlines()[0]) from e
+            args = parser.parse_args(argv)
         return args.run(args)
     except CLIError as e:
         print(f"cora {args.command}: {e}", file=sys.stderr)

@@ -154,6 +154,12 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def image_labels(self, index: int) -> Tensor:
+        """Tensor[n] int64: the vocabulary labels of image `index`'s annotations as indexed from the json (before
+        transforms), without reading the image (e.g. for repeat-factor sampling, cora.data.sampling)."""
+        labels = self._labels.get(self.images[index]["id"])
+        return torch.from_numpy(labels.copy()) if labels is not None else torch.zeros(0, dtype=torch.int64)
+
     def image_path(self, index: int) -> Path:
         info = self.images[index]
         if info.get("file_name"):

@@ -47,11 +47,13 @@ def image_path(images_dir: Path, image: dict) -> Path:
 @torch.no_grad()
 def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=None, base=None, batch_size: int = 1,
                    novel_prior: float = 1.0, limit: int | None = None,
-                   progress: bool = True, verbose: bool = False) -> tuple[dict | None, list[dict]]:
+                   progress: bool = True, verbose: bool = False,
+                   text_embeddings: torch.Tensor | None = None) -> tuple[dict | None, list[dict]]:
     """Detects on the first `limit` images of `gt` (by id; all by default) and scores them.
 
     gt: a loaded ground truth (ev.load_ground_truth). novel_prior multiplies the novel classes' pre-matching
-    probabilities; verbose shows pycocotools / lvis-api output. Returns (cora.engine.evaluate's result, the
+    probabilities; verbose shows pycocotools / lvis-api output. text_embeddings: Tensor[K, D] for the
+    evaluated categories in id order (default: the model's text encoder on their names). Returns (cora.engine.evaluate's result, the
     COCO results) on process 0, (None, []) on the others.
     """
     from tqdm import tqdm
@@ -66,7 +68,9 @@ def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=No
     if missing := [p for p in paths if not p.is_file()]:
         raise FileNotFoundError(f"{len(missing)} of {len(paths)} images not found, e.g. {missing[0]}")
     device = model.device
-    text = model.encode_vocabulary(names)
+    text = model.encode_vocabulary(names) if text_embeddings is None else text_embeddings.to(device)
+    if text.shape[0] != len(categories):
+        raise ValueError(f"text_embeddings must be Tensor[{len(categories)}, D] (one per category), got {list(text.shape)}")
     prior = torch.tensor([novel_prior if c["id"] in novel_ids else 1.0 for c in categories], device=device)
     cat_ids = [c["id"] for c in categories]
     mine = list(range(distributed.rank(), len(images), distributed.world_size()))

@@ -3,8 +3,10 @@
     cora train-prompt --data shapes --preset tiny --random-init --out runs/prompt --epochs 5
     cora train --data shapes --preset tiny --random-init --prompt runs/prompt/prompt.pth --out runs/loc
     cora train ... --resume          # continue from runs/loc/last_checkpoint
+    cora train --config configs/coco_localizer.yaml --data datasets/coco --prompt ... --out runs/loc
+    torchrun --nproc_per_node 8 -m cora train --config configs/coco_localizer.yaml ...   # 8 processes
 
-The lead wires them into cora/cli.py: `add_train_parser(sub)` and `add_train_prompt_parser(sub)`.
+Flag values come from (later wins): the defaults, --config FILE, the command line.
 """
 
 from __future__ import annotations
@@ -15,37 +17,58 @@ from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: float, dropout: float, clip: float) -> None:
-    p.add_argument("--data", required=True, help="dataset folder with instances_train.json and split.json "
-                   "(e.g. from `cora data make-synthetic`), or use --ann-file / --images")
+    p.add_argument("--config", default=None, help="a YAML or JSON file of flag values (keys: the flag names, e.g. "
+                   "batch_size: 32, set: [inference.max_detections=300]); flags given on the command line win; "
+                   "configs/*.yaml hold the paper's settings")
+    p.add_argument("--data", default=None, help="dataset folder with instances_train.json and split.json "
+                   "(e.g. from `cora data make-synthetic`), or use --ann-file / --images (required)")
     p.add_argument("--ann-file", default=None, help="training instances json (default: --data/instances_train.json)")
     p.add_argument("--images", default=None, help="image root that file_name is relative to (default: --data)")
     p.add_argument("--split", default=None, help="base/novel split: coco, lvis or a split json (default: --data/split.json "
-                   "if present, else coco)")
+                   "if present, else coco); training uses the base classes only")
+    p.add_argument("--lvis", action="store_true", help="the data is LVIS (federated annotations, rare = novel)")
     p.add_argument("--preset", default="rn50_coco", help="model preset (default: rn50_coco)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint file for the CLIP backbone")
     p.add_argument("--random-init", action="store_true", help="random CLIP weights (smoke runs)")
-    p.add_argument("--out", required=True, help="output folder (log.jsonl, loss.png, checkpoints/, model/)")
+    p.add_argument("--out", default=None, help="output folder (log.jsonl, loss.png, checkpoints/, best/, model/) (required)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
-    p.add_argument("--batch-size", type=int, default=32, help="images per iteration (default: 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per iteration, over all processes (default: 32)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
     p.add_argument("--lr-drop-epoch", type=int, default=lr_drop, help=f"lr x 0.1 from this epoch (default: {lr_drop})")
     p.add_argument("--clip-max-norm", type=float, default=clip, help=f"gradient clipping, 0 = off (default: {clip})")
     p.add_argument("--ema-decay", type=float, default=ema, help=f"EMA decay of the trained weights, 0 = off (default: {ema})")
     p.add_argument("--class-dropout", type=float, default=dropout, help=f"class dropout probability (default: {dropout})")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="autocast the forward pass: bf16, or fp16 with dynamic loss scaling (default: off)")
+    p.add_argument("--sampled-classes", type=int, default=0, help="stage 1: classes per iteration, those in the batch "
+                   "plus uniformly sampled others (LVIS: 100; default: 0 = the whole vocabulary)")
+    p.add_argument("--repeat-factor-threshold", type=float, default=0.0, help="LVIS repeat-factor sampling threshold "
+                   "(LVIS: 0.001; default: 0 = off)")
+    p.add_argument("--relaxed-match-threshold", type=float, default=0.0, help="stage 2: also match ground truths of "
+                   "classes whose text cosine with the query's class exceeds this (LVIS: 0.7; default: 0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, transforms and class dropout (default: 0)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process (default: 0)")
     p.add_argument("--save-every", type=int, default=0, help="steps between checkpoints, 0 = end of epoch (default: 0)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: none)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last_checkpoint")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate the EMA weights every N epochs on the "
+                   "validation data and keep the best checkpoint in --out/best (default: 0 = never)")
+    p.add_argument("--val-gt", default=None, help="validation ground truth (default: --data/instances_val.json)")
+    p.add_argument("--val-images", default=None, help="validation image root (default: --images, else --data)")
+    p.add_argument("--eval-metric", default=None, help="metric that picks best/ (default: AP50_novel; with --lvis: APr)")
+    p.add_argument("--eval-batch-size", type=int, default=8, help="images per forward pass in evaluation (default: 8)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); under "
+                   "torchrun each process takes cuda:LOCAL_RANK")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(config_parser=p)
 
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="stage 2: train the localizer (CLIP and the region prompt frozen)",
-                       description="Trains CORA's localizer with per-class Hungarian matching, EMA and class dropout.")
+                       description="Trains CORA's localizer with per-class Hungarian matching, EMA and class dropout. "
+                       "Several processes: torchrun --nproc_per_node N -m cora train ...")
     _common(p, epochs=35, lr_drop=None, ema=0.99996, dropout=0.2, clip=0.1)
     p.add_argument("--prompt", default=None, help="region prompt file from `cora train-prompt` (prompt.pth) or an "
                    "official prompt file")
@@ -60,25 +83,55 @@ def add_train_prompt_parser(sub) -> None:
     p.set_defaults(run=run_train, stage="prompt", prompt=None, init=None)
 
 
+def load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    """A YAML / JSON mapping of flag names (dashes or underscores) to values -> parser defaults by dest.
+    Unknown names are errors (with the closest flag)."""
+    import json
+
+    import yaml
+
+    from cora.config import unknown_name_message
+
+    text = Path(path).read_text()
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
+    flags = {a.option_strings[0][2:].replace("-", "_"): a.dest for a in parser._actions
+             if a.option_strings and a.option_strings[0].startswith("--") and a.dest not in ("help", "config")}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in flags:
+            raise ValueError(f"--config {path}: " + unknown_name_message("flag", name, flags))
+        out[flags[name]] = value
+    return out
+
+
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from cora.config import apply_overrides, get_preset
     from cora.data.coco import build_dataset
+    from cora.data.lvis import build_lvis_dataset
     from cora.data.transforms import scaled_train_transforms
+    from cora.engine import distributed
     from cora.engine.checkpoint import load_checkpoint, load_into, load_official_file
     from cora.engine.convert import PROMPT_KEY
     from cora.engine.train_localizer import train_localizer
-    from cora.engine.trainer import TrainConfig
     from cora.engine.train_prompt import train_prompt
+    from cora.engine.trainer import TrainConfig
     from cora.modeling.detector import CORA
 
     try:
+        if args.data is None and args.ann_file is None or args.out is None:
+            raise ValueError("--data (or --ann-file and --images) and --out are required (flags or --config keys)")
+        info = distributed.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cfg = apply_overrides(get_preset(args.preset), args.overrides)
-        data = Path(args.data)
-        split = args.split or (str(data / "split.json") if (data / "split.json").is_file() else None)
-        ds = build_dataset(args.ann_file or data / "instances_train.json", args.images or data, train=True, split=split,
-                           transforms=scaled_train_transforms(cfg.inference.min_size, cfg.inference.max_size))
+        data = Path(args.data) if args.data else None
+        split = args.split or (str(data / "split.json") if data and (data / "split.json").is_file() else None)
+        build = build_lvis_dataset if args.lvis else build_dataset
+        ds = build(args.ann_file or data / "instances_train.json", args.images or data, train=True, split=split,
+                   transforms=scaled_train_transforms(cfg.inference.min_size, cfg.inference.max_size))
         model = CORA.from_config(cfg, clip_weights=args.clip_weights, random_init=args.random_init)
         if args.init:
             state, _ = load_checkpoint(args.init)
@@ -86,24 +139,43 @@ def run_train(args: argparse.Namespace) -> int:
         if args.prompt:
             prompt = load_official_file(args.prompt)
             model.region_classifier.load_prompt(prompt[PROMPT_KEY] if isinstance(prompt, dict) else prompt)
-        model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(info.device)
+        val_split = "lvis" if args.lvis else "coco-ovd"
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, class_dropout=args.class_dropout,
-                           lr_drop_epoch=args.lr_drop_epoch, seed=args.seed, num_workers=args.workers,
-                           save_every=args.save_every, max_steps=args.max_steps)
+                           lr_drop_epoch=args.lr_drop_epoch, amp=args.amp, seed=args.seed, num_workers=args.workers,
+                           save_every=args.save_every, max_steps=args.max_steps, eval_every=args.eval_every,
+                           eval_metric=args.eval_metric or ("APr" if args.lvis else "AP50_novel"),
+                           sampled_classes=args.sampled_classes, repeat_factor_threshold=args.repeat_factor_threshold,
+                           relaxed_match_threshold=args.relaxed_match_threshold)
+        evaluator = _evaluator(args, data, split, val_split) if args.eval_every else None
         fn = train_prompt if args.stage == "prompt" else train_localizer
-        log = fn(model, ds, args.out, tcfg, resume=args.resume, progress=not args.no_progress)
+        log = fn(model, ds, args.out, tcfg, resume=args.resume, progress=not args.no_progress and info.is_main,
+                 evaluator=evaluator)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         print(f"cora {args.command}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    last = log[-1]["loss"] if log else float("nan")
-    print(f"{len(log)} steps, last loss {last:.4f}; wrote {args.out}")
+    if info.is_main:
+        last = log[-1]["loss"] if log else float("nan")
+        print(f"{len(log)} steps, last loss {last:.4f}; wrote {args.out}")
     return 0
 
 
-if __name__ == "__main__":  # python -m cora.engine.train_cli train ... (until the lead wires cora/cli.py)
-    parser = argparse.ArgumentParser(prog="cora")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_parser(sub), add_train_prompt_parser(sub)
-    a = parser.parse_args()
-    sys.exit(a.run(a))
+def _evaluator(args, data: Path | None, split: str | None, val_split: str):
+    """evaluator(model) -> metrics (process 0) / None, on the validation ground truth."""
+    from cora.engine import evaluate as ev
+    from cora.engine.eval_cli import _parse_novel
+    from cora.engine.inference import evaluate_model
+
+    gt_path = args.val_gt or (data / "instances_val.json" if data else None)
+    if gt_path is None:
+        raise ValueError("--eval-every needs --val-gt (or --data holding instances_val.json)")
+    gt = ev.load_ground_truth(str(gt_path), val_split)
+    novel, base = _parse_novel(split) if val_split == "coco-ovd" and split and split.endswith(".json") else (None, None)
+    images = Path(args.val_images or args.images or data)
+
+    def evaluator(model):
+        result, _ = evaluate_model(model, val_split, gt, images, novel, base, args.eval_batch_size, progress=False)
+        return result["metrics"] if result is not None else None
+
+    return evaluator

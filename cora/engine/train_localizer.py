@@ -19,6 +19,7 @@ from torch import Tensor
 
 from cora.engine.trainer import TrainConfig, pad_batch, run_training
 from cora.modeling.losses import SetCriterion
+from cora.modeling.matcher import similar_classes
 
 LOCALIZER_PREFIXES = ("localizer.", "prematcher.text_proj.")
 
@@ -66,15 +67,25 @@ def train_localizer(model, dataset, out_dir, tcfg: TrainConfig = TrainConfig(), 
 
 
 def localizer_step(model, images, targets, text, ctx) -> tuple[Tensor, dict[str, float]]:
+    tcfg = ctx["tcfg"]
     batch, sizes = pad_batch(images)
     batch, sizes = batch.to(model.device), sizes.to(model.device)
-    halves = class_dropout_halves(targets, text.shape[0], ctx["tcfg"].class_dropout, ctx["dropout_rng"])
+    halves = class_dropout_halves(targets, text.shape[0], tcfg.class_dropout, ctx["dropout_rng"])
     outs, all_targets = [], []
     for keep, tg in halves:
-        outs.append(model(batch, sizes, text[keep.to(text.device)]))
-        all_targets += tg
+        keep = keep.to(text.device)
+        out = model(batch, sizes, text[keep])
+        # Each half indexes its own class group: back to vocabulary indices, so that one index is one class
+        # in both halves (the relaxed matching's class pairs are over the vocabulary).
+        outs.append({**out, "classes": keep[out["classes"]]})
+        all_targets += [{**t, "labels": t["class_ids"]} if "class_ids" in t else t for t in tg]
     outputs = {"boxes": torch.cat([o["boxes"] for o in outs], 1).float(),
                "objectness": torch.cat([o["objectness"] for o in outs], 1).float(),
                "classes": torch.cat([o["classes"] for o in outs], 0)}
-    losses = ctx["criterion"](outputs, all_targets)
+    compatible = None
+    if tcfg.relaxed_match_threshold > 0:  # the vocabulary is fixed for the run: computed once
+        if "compatible" not in ctx:
+            ctx["compatible"] = similar_classes(text, tcfg.relaxed_match_threshold)
+        compatible = ctx["compatible"]
+    losses = ctx["criterion"](outputs, all_targets, compatible)
     return ctx["criterion"].total(losses), {k: float(v.detach()) for k, v in losses.items()}

@@ -1,8 +1,10 @@
 """Stage 1 of CORA's recipe: learn the region prompt (everything else frozen).
 
 Cross-entropy over the training vocabulary of the region classifier's logits (100 * cosine) on the
-ground-truth boxes; AdamW (lr 1e-4, x0.1 from `lr_drop_epoch`). The loop, log, checkpoints and resume are
-`cora.engine.trainer.run_training`'s. At the end the prompt is exported as
+ground-truth boxes; AdamW (lr 1e-4, x0.1 from `lr_drop_epoch`). With `TrainConfig.sampled_classes` = S > 0
+(LVIS: 100), each iteration's cross-entropy is over S classes only: those of the batch's ground truths plus
+classes drawn uniformly from the rest of the vocabulary (`sample_vocabulary`). The loop, log, checkpoints
+and resume are `cora.engine.trainer.run_training`'s. At the end the prompt is exported as
 `<out>/prompt.pth` = {"attnpool.positional_embedding": Tensor[S*S+1, C]} (the effective positional embedding,
 the official code's form: `cora convert --prompt` and `RegionClassifier.load_prompt` read it).
 
@@ -17,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cora.engine import distributed
 from cora.engine.convert import PROMPT_KEY
 from cora.engine.trainer import TrainConfig, pad_batch, run_training
 from cora.fileio import atomic_write
+from cora.modeling.losses import average_num_boxes
 
 PROMPT_PREFIXES = ("region_classifier.pool.prompt",)
 PROMPT_FILE = "prompt.pth"
@@ -42,12 +46,57 @@ def region_logits(model, images: list[Tensor], targets: list[dict], text: Tensor
     return model.region_classifier(layer3, boxes, text), labels
 
 
+def sample_vocabulary(labels: Tensor, num_classes: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One iteration's classes for the cross-entropy, and the labels relabelled into them.
+
+    CORA (CVPR 2023), LVIS region prompting: "equal-weight sampling of frequent and common classes, 100 sampled
+    classes per iteration". The subset holds every class present in `labels`, plus classes drawn uniformly
+    (equal weight, not by frequency) without replacement from the other `num_classes` classes of the training
+    vocabulary (LVIS: frequent + common), `size` classes in all; all present classes if there are more than
+    `size`, and at most the whole vocabulary.
+
+    Args:
+        labels: Tensor[N] int in [0, num_classes): the batch's ground-truth labels.
+        generator: a CPU torch.Generator (the training loop's, so that a resumed run draws the same classes).
+            Each call draws one permutation of the vocabulary from it, whatever `labels` holds: processes that
+            share the generator but not the images stay in step.
+
+    Returns:
+        (classes, local): classes Tensor[S] int64 sorted vocabulary indices (CPU), S = max(size, #present)
+        capped at num_classes; local Tensor[N] int64 on labels' device, with classes[local] == labels.
+    """
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    present[labels.cpu().long()] = True
+    order = torch.randperm(num_classes, generator=generator)
+    # The absent classes in a uniformly random order: its first `extra` are a uniform draw without replacement.
+    others = order[~present[order]]
+    extra = max(0, min(size, num_classes) - int(present.sum()))
+    classes = torch.cat([present.nonzero().squeeze(1), others[:extra]]).sort().values
+    local = torch.full((num_classes,), -1, dtype=torch.int64)
+    local[classes] = torch.arange(len(classes))
+    return classes, local[labels.cpu().long()].to(labels.device)
+
+
 def prompt_step(model, images, targets, text, ctx) -> tuple[Tensor, dict[str, float]]:
+    """One stage-1 iteration. With `ctx["tcfg"].sampled_classes` > 0 the cross-entropy is over a sampled class
+    subset (`sample_vocabulary`), drawn with ctx["dropout_rng"]: the loop's per-iteration generator, seeded
+    from tcfg.seed, saved in each checkpoint and restored on resume, so a resumed run draws the classes an
+    uninterrupted one does (stage 1 has no class dropout by default; with it, both draw from the generator in
+    a fixed order, as deterministic)."""
+    size = ctx["tcfg"].sampled_classes
+    if size > 0:
+        labels = torch.cat([t["labels"] for t in targets])
+        classes, local = sample_vocabulary(labels, text.shape[0], size, ctx["dropout_rng"])
+        text = text[classes.to(text.device)]
+        local = local.split([len(t["labels"]) for t in targets])
+        targets = [{**t, "labels": lb} for t, lb in zip(targets, local)]
     logits, labels = region_logits(model, images, targets, text)
+    # Summed over this process's boxes / the boxes per process: averaged over processes, the mean over all.
+    num_boxes = average_num_boxes(targets, logits.device)  # collective: before any early return
     if len(labels) == 0:
         loss = model.region_classifier.pool.prompt.sum() * 0.0
         return loss, {"loss_ce": 0.0, "accuracy": float("nan")}
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum") / num_boxes
     acc = float((logits.argmax(-1) == labels).float().mean())
     return loss, {"loss_ce": float(loss.detach()), "accuracy": acc}
 
@@ -58,13 +107,13 @@ def export_prompt(model, path: str | Path) -> None:
 
 
 def train_prompt(model, dataset, out_dir, tcfg: TrainConfig | None = None, text_embeddings: Tensor | None = None,
-                 resume: bool = False, progress: bool = True) -> list[dict]:
+                 resume: bool = False, progress: bool = True, evaluator=None) -> list[dict]:
     """Trains the region prompt of `model` (a CORA) in place; returns the log rows. Writes
-    `<out_dir>/prompt.pth` when the run is complete."""
+    `<out_dir>/prompt.pth` when the run is complete (process 0). evaluator: see run_training."""
     tcfg = tcfg if tcfg is not None else prompt_config()
     log = run_training(model, dataset, out_dir, tcfg, PROMPT_PREFIXES, prompt_step, {}, text_embeddings, resume,
-                       progress)
-    if (Path(out_dir) / "model").is_dir():
+                       progress, evaluator)
+    if distributed.rank() == 0 and (Path(out_dir) / "model").is_dir():
         export_prompt(model, Path(out_dir) / PROMPT_FILE)
     return log
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from cora.data.sampling import appearance_keys, epoch_indices, repeat_factors
 from cora.engine import distributed
 from cora.engine.checkpoint import save_checkpoint
 from cora.fileio import atomic_write, write_json
@@ -77,6 +78,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sampled_classes", "repeat_factor_threshold", "relaxed_match_threshold", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -92,10 +96,11 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int):
+        """key: an appearance key (cora.data.sampling.appearance_keys); the item is key % len(dataset)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index))
-            return self.dataset[index]
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(key))
+            return self.dataset[int(key) % len(self.dataset)]
 
 
 def collate(batch):
@@ -103,10 +108,12 @@ def collate(batch):
     return list(images), list(targets)
 
 
-def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, world_size: int = 1) -> list[list[int]]:
-    """The global batches of one epoch (item indices), a function of (seed, epoch). With several processes a
-    last batch smaller than the number of processes is left out (some process would have no image)."""
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, world_size: int = 1,
+                  factors: Tensor | None = None) -> list[list[int]]:
+    """The global batches of one epoch (appearance keys: an item repeated by repeat-factor sampling gets its own
+    transforms each time), a function of (seed, epoch). With several processes a last batch smaller than the
+    number of processes is left out (some process would have no image)."""
+    order = appearance_keys(epoch_indices(num_items, seed, epoch, factors), num_items)
     return [b.tolist() for b in order.split(batch_size) if len(b) >= world_size]
 
 
@@ -279,7 +286,8 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         write_jsonl(out / "eval.jsonl", evals)
         write_json(out / "train_config.json", dataclasses.asdict(tcfg), indent=2)
     losses = [r["loss"] for r in log]
-    epochs = [epoch_batches(len(dataset), tcfg.batch_size, tcfg.seed, e, world) for e in range(tcfg.epochs)]
+    factors = repeat_factors(dataset, tcfg.repeat_factor_threshold) if tcfg.repeat_factor_threshold > 0 else None
+    epochs = [epoch_batches(len(dataset), tcfg.batch_size, tcfg.seed, e, world, factors) for e in range(tcfg.epochs)]
     planned = sum(len(b) for b in epochs)
     total = planned if tcfg.max_steps is None else min(tcfg.max_steps, planned)
 

@@ -35,11 +35,13 @@ def average_num_boxes(targets: list[dict[str, Tensor]], device: torch.device) ->
 
 
 class SetCriterion(nn.Module):
-    """criterion(outputs, targets) -> dict of unweighted loss terms per decoder layer.
+    """criterion(outputs, targets, compatible=None) -> dict of unweighted loss terms per decoder layer.
 
     outputs: CORA.forward's dict: "boxes" Tensor[L, B, Q, 4] normalised cxcywh, "objectness" Tensor[L, B, Q],
         "classes" Tensor[B, Q] (pre-matched class per query).
     targets: B dicts with "boxes_cxcywh" Tensor[G_b, 4] and "labels" Tensor[G_b] (vocabulary indices).
+    compatible: None, or Tensor[K, K] bool for relaxed matching (CORA on LVIS), passed to the matcher for
+        every decoder layer: see `PerClassHungarianMatcher` and `cora.modeling.matcher.similar_classes`.
     """
 
     def __init__(self, matcher: PerClassHungarianMatcher | None = None, weight_objectness: float = 2.0,
@@ -68,13 +70,14 @@ class SetCriterion(nn.Module):
         giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt))) if len(src) else src.new_zeros(0)
         return {"loss_bbox": l1 / num_boxes, "loss_giou": (1 - giou).sum() / num_boxes}
 
-    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
+                compatible: Tensor | None = None) -> dict[str, Tensor]:
         boxes, objectness, classes = outputs["boxes"], outputs["objectness"], outputs["classes"]
         num_boxes = average_num_boxes(targets, boxes.device)
         losses = {}
         for i in range(boxes.shape[0]):
             layer = {"boxes": boxes[i], "objectness": objectness[i], "classes": classes}
-            indices = self.matcher(layer, targets)
+            indices = self.matcher(layer, targets, compatible)
             terms = {**self.loss_objectness(objectness[i], indices, num_boxes),
                      **self.loss_boxes(boxes[i], targets, indices, num_boxes)}
             losses.update({f"{k}_d{i}": v for k, v in terms.items()})

@@ -46,6 +46,7 @@ def prompted_attention_pool(
         Tensor[N, out_dim] in x's dtype. N = 0 gives Tensor[0, out_dim].
 
     Half types: projections in the input dtype; logits, softmax and the weighted sum in float32.
+    Under torch.autocast every floating input is cast to the autocast dtype first.
     Regions are processed in chunks (memory stays bounded for N = 16000).
 
     Gradients flow to `x`, `positional_embedding` and `prompt`. The projection weights are frozen
@@ -53,11 +54,14 @@ def prompted_attention_pool(
     """
     weights = (q_proj_weight, q_proj_bias, k_proj_weight, k_proj_bias, v_proj_weight, v_proj_bias,
                c_proj_weight, c_proj_bias)
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+        # Autocast does not know this op: run it in the autocast dtype, as the projections it fuses would run.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, positional_embedding, prompt, *weights = (
+            t.to(dtype) if isinstance(t, Tensor) else t for t in (x, positional_embedding, prompt, *weights))
     _check_inputs(x, positional_embedding, weights, num_heads, prompt)
-    return torch.ops.cora.prompted_attn_pool(
-        x, positional_embedding, prompt, q_proj_weight, q_proj_bias, k_proj_weight, v_proj_weight,
-        v_proj_bias, c_proj_weight, c_proj_bias, int(num_heads),
-    )
+    wq, bq, wk, _, wv, bv, wc, bc = weights
+    return torch.ops.cora.prompted_attn_pool(x, positional_embedding, prompt, wq, bq, wk, wv, bv, wc, bc, int(num_heads))
 
 
 def _check_inputs(x, pe, weights, num_heads, prompt) -> None:
