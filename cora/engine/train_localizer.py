@@ -6,7 +6,8 @@
 
 CLIP and the region prompt stay frozen. Class dropout: with probability p per iteration the vocabulary is
 split at random into two complementary groups, the batch is doubled and each half is trained with one
-group's text embeddings only (ground truths of the other group's classes are removed in that half).
+group's text embeddings only (ground truths of the other group's classes are removed in that half); CLIP and
+the encoder run once for both halves (CORA.forward_train).
 Losses: `cora.modeling.losses.SetCriterion`, computed in float32 under autocast. The loop (optimizer, EMA,
 checkpoints, resume, processes, evaluation) is `cora.engine.trainer.run_training`; its docstring lists the
 output folder.
@@ -71,17 +72,13 @@ def localizer_step(model, images, targets, text, ctx) -> tuple[Tensor, dict[str,
     batch, sizes = pad_batch(images)
     batch, sizes = batch.to(model.device), sizes.to(model.device)
     halves = class_dropout_halves(targets, text.shape[0], tcfg.class_dropout, ctx["dropout_rng"])
-    outs, all_targets = [], []
-    for keep, tg in halves:
-        keep = keep.to(text.device)
-        out = model(batch, sizes, text[keep])
-        # Each half indexes its own class group: back to vocabulary indices, so that one index is one class
-        # in both halves (the relaxed matching's class pairs are over the vocabulary).
-        outs.append({**out, "classes": keep[out["classes"]]})
-        all_targets += [{**t, "labels": t["class_ids"]} if "class_ids" in t else t for t in tg]
-    outputs = {"boxes": torch.cat([o["boxes"] for o in outs], 1).float(),
-               "objectness": torch.cat([o["objectness"] for o in outs], 1).float(),
-               "classes": torch.cat([o["classes"] for o in outs], 0)}
+    groups = [keep.to(text.device) for keep, _ in halves]
+    out = model.forward_train(batch, sizes, [text[keep] for keep in groups])
+    # Each half's classes index its own group: back to vocabulary indices, so that one index is one class in
+    # both halves (the relaxed matching's class pairs are over the vocabulary).
+    classes = torch.cat([keep[c] for keep, c in zip(groups, out["classes"].chunk(len(groups)))])
+    all_targets = [{**t, "labels": t["class_ids"]} if "class_ids" in t else t for _, tg in halves for t in tg]
+    outputs = {"boxes": out["boxes"].float(), "objectness": out["objectness"].float(), "classes": classes}
     compatible = None
     if tcfg.relaxed_match_threshold > 0:  # the vocabulary is fixed for the run: computed once
         if "compatible" not in ctx:

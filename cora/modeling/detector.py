@@ -115,6 +115,24 @@ class CORA(nn.Module):
         return {"boxes": out["boxes"], "objectness": out["objectness"], "classes": matched["classes"],
                 "class_logits": logits.view(b, -1, text_embeddings.shape[0])}
 
+    def forward_train(self, images: Tensor, image_sizes: Tensor, text_groups: Sequence[Tensor]) -> dict[str, Tensor]:
+        """What training needs, for G vocabularies of one batch (class dropout: G = 2 complementary groups):
+        CLIP and the localizer's encoder run once, pre-matching and the decoder once per group (batched).
+        No region classification (training does not use it).
+
+        text_groups: G tensors [K_g, D]. Returns "boxes" Tensor[L, G*B, Q, 4], "objectness" Tensor[L, G*B, Q] and
+        "classes" Tensor[G*B, Q] (indices into the row's group), group g of image b at row g * B + b; with G = 1,
+        forward's entries of the same names."""
+        _, _, h, w = images.shape
+        layer3 = self.backbone.features(self.backbone.normalize(images))
+        layer4 = self.backbone.layer4_map(layer3)
+        anchors = self.localizer.anchors()
+        matched = [self.prematcher(layer4, anchors, image_sizes, (h, w), text, None) for text in text_groups]
+        mask = padding_mask(image_sizes, layer3.shape[-2:], self.backbone.stride)
+        encoded = self.localizer.encode(layer3, mask)
+        out = self.localizer.decode(encoded, torch.cat([m["content_queries"] for m in matched]))
+        return {**out, "classes": torch.cat([m["classes"] for m in matched])}
+
     @torch.no_grad()
     def detect(self, images: Tensor | Sequence[Tensor], vocabulary: str | Sequence[str] | None = None,
                text_embeddings: Tensor | None = None, class_prior: Tensor | None = None) -> list[dict[str, Tensor]]:

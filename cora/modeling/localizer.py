@@ -333,22 +333,37 @@ class DABLocalizer(nn.Module):
             - "objectness": Tensor[L, B, Q] class-agnostic objectness logits per decoder layer.
         """
         self._check_inputs(features, mask, content_queries)
+        return self.decode(self.encode(features, mask), content_queries)
+
+    def encode(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The encoder half of forward (same arguments): "memory" Tensor[S, B, d] (S = h * w), "pos" Tensor[S, B, d],
+        "key_padding_mask" Tensor[B, S]."""
         src = self.input_proj[0](features)  # [B, d, h, w]
         pos = sine_position_embedding(mask, self.hidden_dim // 2, PE_TEMPERATURE).to(src.dtype)  # [B, d, h, w]
         src = src.flatten(2).permute(2, 0, 1)  # [B, d, h, w] -> [S, B, d]
         pos = pos.flatten(2).permute(2, 0, 1)  # [B, d, h, w] -> [S, B, d]
         key_padding_mask = mask.flatten(1)  # [B, S]
-        memory = self.transformer.encoder(src, key_padding_mask, pos)
+        return {"memory": self.transformer.encoder(src, key_padding_mask, pos), "pos": pos,
+                "key_padding_mask": key_padding_mask}
 
-        batch = features.shape[0]
-        anchors = self.anchors().unsqueeze(1).expand(-1, batch, -1)  # [Q, 4] -> [Q, B, 4]
-        tgt = content_queries.transpose(0, 1)  # [B, Q, d] -> [Q, B, d]
+    def decode(self, encoded: dict[str, Tensor], content_queries: Tensor) -> dict[str, Tensor]:
+        """The decoder half of forward: `encoded` from encode() for B images, content_queries Tensor[G*B, Q, d]:
+        G query sets per image, set g of image b at row g * B + b, decoded against the same encoder output
+        (class dropout decodes two vocabulary groups of one batch). Returns forward's dict with G*B rows."""
+        batch = encoded["key_padding_mask"].shape[0]
+        groups = content_queries.shape[0] // batch
+        if groups < 1 or content_queries.shape[0] != groups * batch:
+            raise ValueError(f"content_queries must be Tensor[G*{batch}, Q, d], got {list(content_queries.shape)}")
+        memory, pos, key_padding_mask = (encoded["memory"].repeat(1, groups, 1), encoded["pos"].repeat(1, groups, 1),
+                                         encoded["key_padding_mask"].repeat(groups, 1))
+        anchors = self.anchors().unsqueeze(1).expand(-1, groups * batch, -1)  # [Q, 4] -> [Q, G*B, 4]
+        tgt = content_queries.transpose(0, 1)  # [G*B, Q, d] -> [Q, G*B, d]
         hidden, references = self.transformer.decoder(tgt, memory, key_padding_mask, pos, anchors, self.bbox_embed)
-        hidden = hidden.transpose(1, 2)  # [L, Q, B, d] -> [L, B, Q, d]
-        references = references.transpose(1, 2)  # [L, Q, B, 4] -> [L, B, Q, 4]
-        offsets = torch.stack([head(h) for head, h in zip(self.bbox_embed, hidden)])  # [L, B, Q, 4]
+        hidden = hidden.transpose(1, 2)  # [L, Q, G*B, d] -> [L, G*B, Q, d]
+        references = references.transpose(1, 2)  # [L, Q, G*B, 4] -> [L, G*B, Q, 4]
+        offsets = torch.stack([head(h) for head, h in zip(self.bbox_embed, hidden)])  # [L, G*B, Q, 4]
         boxes = (inverse_sigmoid(references, 1e-5) + offsets).sigmoid()
-        objectness = self.objectness_embed(hidden).squeeze(-1)  # [L, B, Q, 1] -> [L, B, Q]
+        objectness = self.objectness_embed(hidden).squeeze(-1)  # [L, G*B, Q, 1] -> [L, G*B, Q]
         return {"boxes": boxes, "objectness": objectness}
 
     def _check_inputs(self, features: Tensor, mask: Tensor, content_queries: Tensor) -> None:

@@ -106,3 +106,16 @@ def test_cuda_forward_matches_cpu():
     assert torch.equal(a["classes"], b["classes"].cpu())
     for key in ("boxes", "objectness", "class_logits"):
         torch.testing.assert_close(b[key].cpu(), a[key], rtol=1e-3, atol=1e-3, msg=key)
+
+
+def test_forward_train_decodes_groups_like_separate_forwards(model):
+    """Class dropout's batched path (CLIP and encoder once, two query groups) equals two forward calls."""
+    images, sizes = torch.rand(2, 3, 96, 128), torch.tensor([[96, 128], [70, 100]])
+    t = text(6, model.backbone.embed_dim)
+    groups = [t[[0, 2, 5]], t[[1, 3, 4]]]
+    with torch.no_grad():
+        both = model.forward_train(images, sizes, groups)
+        separate = [model(images, sizes, g) for g in groups]
+    for key in ("boxes", "objectness"):
+        torch.testing.assert_close(both[key], torch.cat([s[key] for s in separate], dim=1), msg=key)
+    assert torch.equal(both["classes"], torch.cat([s["classes"] for s in separate]))
