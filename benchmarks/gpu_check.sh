@@ -50,6 +50,13 @@ for dtype in fp16 fp32; do
     --json "$OUT_DIR/kernels-cuda-$dtype.json" || status=1
 done
 
+# Training on the GPU: a short bf16 run of the tiny preset on synthetic shapes (CUDA autocast, CUDA solver).
+work=$(mktemp -d)
+"$PY" -m cora data make-synthetic "$work/shapes" --images 24 --size 128 128 >/dev/null \
+  && timeout 120 "$PY" -m cora train --data "$work/shapes" --preset tiny --random-init --batch-size 8 --epochs 2 \
+    --amp bf16 --device cuda --no-progress --out "$work/run" 2>&1 | tail -1 || status=1
+rm -rf "$work"
+
 # The main job on the GPU: CORA against OV-DETR-style conditional decoding, paper shapes.
 timeout 180 "$PY" benchmarks/vocab_scaling.py --preset paper --device cuda --dtype fp16 --backends eager \
   --budget-s 60 --no-progress --json "$OUT_DIR/vocab_scaling-cuda-fp16.json" --plot "$OUT_DIR/vocab_scaling-cuda-fp16.png" \

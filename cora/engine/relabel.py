@@ -18,8 +18,6 @@ byte-identical to the input). `info["cora_relabel"]` records the run (see `relab
 `run_relabel`). Annotations that are not classified are copied unchanged and counted as "skipped": their
 category is outside the vocabulary, they are crowd (`iscrowd: 1`) or ignored (`ignore: 1`), their box has
 w or h <= 0, is empty once clipped to the image, or their image is not in the json's images.
-
-The lead wires the command into cora/cli.py with `add_relabel_parser(sub)`.
 """
 
 from __future__ import annotations
