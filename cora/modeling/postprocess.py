@@ -24,6 +24,16 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision.ops.batched_nms in float64: indices kept, by decreasing score.
+
+    batched_nms separates classes by offsetting each box by label x (max coordinate + 1); with K = 4096 classes
+    and ~1333-pixel images the offsets reach ~5.5e6, where float32 steps by 0.5 px, enough to flip the
+    decision for pairs near the IoU threshold. float64 keeps the offsets exact.
+    boxes: Tensor[N, 4] xyxy; scores: Tensor[N]; labels: Tensor[N] int. Returns Tensor[M] int64."""
+    return torchvision.ops.batched_nms(boxes.double(), scores.double(), labels, iou_threshold)
+
+
 def postprocess(
     class_logits: Tensor,
     objectness: Tensor,
@@ -42,7 +52,7 @@ def postprocess(
         boxes: Tensor[B, Q, 4] normalised cxcywh, relative to each image's un-padded extent.
         image_sizes: Tensor[B, 2] (height, width) in pixels of the images the boxes should be in.
         score_threshold: keep (box, class) pairs scoring above this.
-        nms_iou: IoU threshold of the per-class NMS (torchvision.ops.batched_nms).
+        nms_iou: IoU threshold of the per-class NMS (`per_class_nms`).
         max_detections: detections kept per image (100 for COCO, 300 for LVIS).
         pre_nms_topk: only the best `pre_nms_topk` (box, class) pairs of an image enter NMS (bounds
             the NMS cost when Q * K is large; it drops only pairs that cannot make the top
@@ -77,6 +87,6 @@ def postprocess(
         top_scores, top_idx = top_scores[keep], top_idx[keep]
         query, label = top_idx // k, top_idx % k
         candidates = boxes_xyxy[i, query]
-        kept = torchvision.ops.batched_nms(candidates.float(), top_scores.float(), label, nms_iou)[:max_detections]
+        kept = per_class_nms(candidates, top_scores, label, nms_iou)[:max_detections]
         results.append({"boxes": candidates[kept], "scores": top_scores[kept], "labels": label[kept]})
     return results

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from cora.modeling.postprocess import class_probabilities, postprocess
+from torchvision.ops import box_iou
+
+from cora.modeling.postprocess import class_probabilities, per_class_nms, postprocess
 
 
 def test_class_probabilities_have_a_background_column_and_prior():
@@ -47,3 +49,19 @@ def test_shape_errors():
         postprocess(torch.zeros(5, 3), torch.zeros(5), torch.zeros(5, 4), torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"expected objectness \[B, Q\] = \[1, 5\]"):
         postprocess(torch.zeros(1, 5, 3), torch.zeros(1, 4), torch.zeros(1, 5, 4), torch.zeros(1, 2))
+
+
+def test_per_class_nms_is_exact_near_the_threshold_with_large_labels():
+    """Pairs of one class (label 4095: offsets of ~5.5e6 px inside batched_nms) whose IoU is within 1e-3 of the
+    threshold: kept or suppressed exactly as a float64 IoU says (float32 offsets flipped ~1 in 4 here)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        x, y = (torch.rand(2, generator=g) * 1000 + 10.3).tolist()
+        w = 50 + 100 * torch.rand(1, generator=g).item()
+        t = 0.5 + (torch.rand(1, generator=g).item() - 0.5) * 2e-3
+        shift = w * (1 - t) / (1 + t)  # IoU of a box and its copy shifted right by `shift` is t
+        a = torch.tensor([x, y, x + w, y + w], dtype=torch.float64)
+        boxes = torch.stack([a, a + torch.tensor([shift, 0, shift, 0], dtype=torch.float64)]).float()
+        iou = box_iou(boxes.double(), boxes.double())[0, 1].item()
+        kept = per_class_nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([4095, 4095]), 0.5)
+        assert kept.tolist() == ([0] if iou > 0.5 else [0, 1]), iou
