@@ -307,15 +307,15 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
             metrics = evaluator(model)
         if not main:
             return False
-        value = metrics.get(tcfg.eval_metric, math.nan)
-        if math.isnan(value):
+        if tcfg.eval_metric not in metrics:
             raise ValueError(f"evaluation gave no {tcfg.eval_metric!r}; metrics: {', '.join(metrics)}")
+        value = metrics[tcfg.eval_metric]
         evals.append({"step": step, "epoch": epoch, **metrics})
         write_jsonl(out / "eval.jsonl", evals)
-        improved = best is None or value > best
+        improved = not math.isnan(value) and (best is None or value > best)  # NaN: no such ground truth
         best = value if improved else best
         if progress:
-            tqdm.write(f"epoch {epoch}: {tcfg.eval_metric} {value:.4f} (best {best:.4f})")
+            tqdm.write(f"epoch {epoch}: {tcfg.eval_metric} {value:.4f} (best {'-' if best is None else f'{best:.4f}'})")
         return improved
 
     folder = None
