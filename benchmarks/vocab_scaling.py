@@ -527,15 +527,17 @@ def exported_runner(backend: str, detector, inputs: Inputs, images, memory: str 
         inputs.set_vocabulary(k)
         feed.update(text=inputs.text.float().cpu().numpy(), prior=np.ones(k, dtype=np.float32))
 
+    # The image fills the whole input (no padding): its valid size is the input size, as eager's inputs.sizes.
+    image_sizes = inputs.sizes.cpu().numpy().astype(np.int64)  # [1, 2] (h, w)
     if backend == "onnxruntime":
         names = ["boxes", "scores", "labels"]
 
         def call() -> None:
-            detector.session.run(names, {"images": images, "text_embeddings": feed["text"],
+            detector.session.run(names, {"images": images, "image_sizes": image_sizes, "text_embeddings": feed["text"],
                                          "class_prior": feed["prior"]})
     else:
         def call() -> None:
-            detector._run(images, feed["text"], feed["prior"])
+            detector._run(images, image_sizes, feed["text"], feed["prior"])
 
     def run(timer: StageTimer) -> None:
         timer.begin("total")

@@ -1,11 +1,16 @@
 """Checks of an exported CORA: parity with PyTorch, and a static TensorRT-readiness lint.
 
-    python export/check.py parity model.onnx                    # K in 1 2 65 1203 4096, random + synthetic
+    python export/check.py parity model.onnx                    # K in 1 2 65 1203 4096, whole + letterboxed
     python export/check.py parity model.onnx --ks 1 7 --batch 2 --sizes 128 160 96 128
     python export/check.py lint model.onnx                       # exit 1 if TensorRT would reject the file
 
-Parity compares ONNX Runtime with the same exportable module run eagerly (rebuilt from the export's
-sidecar). It is tie-aware: with random weights softmax(100 * cos) saturates, many scores tie, and the two
+Parity compares ONNX Runtime with the PyTorch model rebuilt from the export's sidecar: `CORA.forward` +
+`postprocess` (`DetectorReference`, what `CORA.detect` runs after resizing and padding) on the same padded
+batch and image_sizes. The cases cover whole inputs (image_sizes = the input size) and letterboxed batches
+whose images have different valid sizes, none a multiple of 32 (as resizing gives: 800 x 1333 padded to
+800 x 1344), so the padding mask, the positional encoding and the box scale are all exercised.
+
+It is tie-aware: with random weights softmax(100 * cos) saturates, many scores tie, and the two
 runtimes order ties differently. So detections are matched by label, box IoU and score, not by slot;
 an unmatched pair with equal scores is a tie swap (NMS kept the other of two equal boxes), a box that an
 explained box of the other side would have suppressed is a cascade of it, and one within
@@ -16,6 +21,8 @@ into one ParityError giving each output's max difference and tolerance.
 The lint reads the graph only (TensorRT cannot be installed here): every op in the TensorRT 10.x ONNX
 parser's supported set (`TRT_SUPPORTED_OPS`), RoiAlign's coordinate_transformation_mode written out, TopK
 with sorted=1 and k < 3840, inputs TensorRT needs as build-time constants, int64 usage, named dynamic dims.
+The padding mask adds only supported ops: GreaterOrEqual on int64 (TensorRT 10's elementwise comparisons
+take INT64), Or / Not on bool, Cast (int64 / bool -> float32) and CumSum on float32 with a constant axis.
 """
 
 from __future__ import annotations
@@ -52,12 +59,61 @@ class ParityError(Exception):
 
 @dataclass
 class ParityCase:
-    """One run: images [B, 3, H, W] in [0, 1], text_embeddings [K, D] (None for a baked vocabulary), class_prior [K]."""
+    """One run: images [B, 3, H, W] in [0, 1] (0 outside each image's valid region), image_sizes [B, 2] int64
+    (h, w) of the valid regions in input pixels, text_embeddings [K, D] (None for a baked vocabulary),
+    class_prior [K]. All torch tensors."""
 
     name: str
     images: object
+    image_sizes: object
     text_embeddings: object
     class_prior: object
+
+    def inputs(self) -> dict:
+        """The graph inputs by name (no text_embeddings for a baked vocabulary)."""
+        feed = {"images": self.images, "image_sizes": self.image_sizes, "text_embeddings": self.text_embeddings,
+                "class_prior": self.class_prior}
+        return {k: v for k, v in feed.items() if v is not None}
+
+
+class DetectorReference:
+    """The parity check's reference: `CORA.forward` + `postprocess` (what `CORA.detect` runs after it has
+    resized and padded the images), with the exported graph's inputs and padded outputs.
+
+    __call__(images [B, 3, H, W], image_sizes [B, 2] (h, w), text_embeddings [K, D] (not with a baked
+    vocabulary), class_prior [K]) -> (boxes [B, M, 4] xyxy input pixels of each valid region, scores [B, M],
+    labels [B, M] int64; -1, score 0 and box 0 in empty slots), all numpy.
+
+    Args:
+        detector: a `cora.modeling.detector.CORA` (eval mode).
+        text_embeddings: Tensor[K, D] of a baked vocabulary, or None.
+        score_threshold, nms_iou, max_detections, pre_nms_topk: the export's post-processing (its sidecar's
+            "postprocess").
+    """
+
+    def __init__(self, detector, text_embeddings=None, *, score_threshold: float, nms_iou: float,
+                 max_detections: int, pre_nms_topk: int):
+        self.detector, self.baked_text = detector, text_embeddings
+        self.score_threshold, self.nms_iou = float(score_threshold), float(nms_iou)
+        self.max_detections, self.pre_nms_topk = int(max_detections), int(pre_nms_topk)
+
+    def __call__(self, images, image_sizes, text_embeddings=None, *, class_prior) -> tuple:
+        import torch
+
+        from cora.modeling.postprocess import postprocess
+
+        text = self.baked_text if text_embeddings is None else text_embeddings
+        with torch.no_grad():
+            out = self.detector(images, image_sizes, text, class_prior)
+            # boxes relative to each un-padded image, scaled by image_sizes: input pixels, clipped to the valid region
+            dets = postprocess(out["class_logits"], out["objectness"][-1], out["boxes"][-1], image_sizes,
+                               self.score_threshold, self.nms_iou, self.max_detections, self.pre_nms_topk)
+        b, m = len(dets), self.max_detections
+        boxes, scores, labels = np.zeros((b, m, 4), np.float32), np.zeros((b, m), np.float32), -np.ones((b, m), np.int64)
+        for i, d in enumerate(dets):
+            n = len(d["scores"])
+            boxes[i, :n], scores[i, :n], labels[i, :n] = d["boxes"].numpy(), d["scores"].numpy(), d["labels"].numpy()
+        return boxes, scores, labels
 
 
 def synthetic_images(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -81,8 +137,21 @@ def synthetic_images(batch: int, height: int, width: int, seed: int = 0) -> np.n
     return out
 
 
+def letterboxed_sizes(batch: int, height: int, width: int) -> list[tuple[int, int]]:
+    """Valid (h, w) of `batch` images padded to (height, width): from 0.8 of each side down to 0.5, different
+    per image and never a multiple of 32 (so at least one stride-16 cell is padding from 96 px up)."""
+    sizes = []
+    for b in range(batch):
+        frac = 0.8 - 0.3 * b / max(1, batch - 1)
+        h, w = (max(1, round(side * frac)) for side in (height, width))
+        sizes.append(tuple(v - 1 if v % 32 == 0 else v for v in (h, w)))
+    return sizes
+
+
 def default_cases(meta: dict, ks=(1, 2, 65, 1203, 4096), batch: int = 2, sizes=None, seed: int = 0) -> list[ParityCase]:
-    """Per K: random images at the first size and synthetic images at the last, prior ones / 8 on odd classes.
+    """Per K: random whole images at the first size, synthetic whole images at the last (prior ones / 8 on
+    odd classes), and synthetic images letterboxed into the first size (`letterboxed_sizes`: zero padding
+    at the bottom / right, valid sizes not multiples of 32, different per image; prior 8 on odd classes).
 
     meta: the export's sidecar. sizes: list of (H, W); default: the static size, or the export's example
     size and a smaller one for a dynamic-size export. A baked vocabulary fixes K (ks is then ignored).
@@ -107,9 +176,18 @@ def default_cases(meta: dict, ks=(1, 2, 65, 1203, 4096), batch: int = 2, sizes=N
         (h1, w1), (h2, w2) = sizes[0], sizes[-1]
         prior = torch.ones(k)
         boosted = torch.where(torch.arange(k) % 2 == 1, 8.0, 1.0)
-        cases.append(ParityCase(f"random K={k} {batch}x{h1}x{w1}", torch.rand(batch, 3, h1, w1, generator=g), text, prior))
+        whole = lambda h, w: torch.tensor([[h, w]] * batch, dtype=torch.int64)  # noqa: E731
+        cases.append(ParityCase(f"random K={k} {batch}x{h1}x{w1}", torch.rand(batch, 3, h1, w1, generator=g),
+                                whole(h1, w1), text, prior))
         cases.append(ParityCase(f"synthetic K={k} {batch}x{h2}x{w2}",
-                                torch.from_numpy(synthetic_images(batch, h2, w2, seed + i)), text, boosted))
+                                torch.from_numpy(synthetic_images(batch, h2, w2, seed + i)), whole(h2, w2), text, boosted))
+        valid = letterboxed_sizes(batch, h1, w1)
+        images = torch.from_numpy(synthetic_images(batch, h1, w1, seed + len(ks) + i))
+        for b, (h, w) in enumerate(valid):  # letterbox padding is 0 (cora.runtime.preprocess, CORA.preprocess)
+            images[b, :, h:] = 0
+            images[b, :, :, w:] = 0
+        cases.append(ParityCase(f"letterboxed K={k} {batch}x{h1}x{w1} valid {' '.join(f'{h}x{w}' for h, w in valid)}",
+                                images, torch.tensor(valid, dtype=torch.int64), text, boosted))
     return cases
 
 
@@ -195,19 +273,27 @@ def match_detections(ref: tuple, got: tuple, max_detections: int, score_threshol
 
 def parity_check(onnx_path, module, cases: list[ParityCase], tolerances: dict = TOLERANCES,
                  providers=None) -> list[dict]:
-    """Run every case through `module` (an ExportableCORA, eagerly) and ONNX Runtime; returns one row per
-    case, or raises ParityError with every failure."""
+    """Run every case through `module` and ONNX Runtime; returns one row per case, or raises ParityError
+    with every failure.
+
+    module: the reference, called with the case's inputs as keywords (`ParityCase.inputs`) and returning
+    padded (boxes, scores, labels) as the graph does: a `DetectorReference` (the PyTorch CORA) or an
+    `ExportableCORA` run eagerly; it has `max_detections`, `score_threshold` and `nms_iou`. ONNX Runtime
+    gets the inputs its graph declares (a graph without `image_sizes`, exported before the padding mask,
+    therefore fails the letterboxed cases)."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
+    names = [i.name for i in session.get_inputs()]
     rows = []
     for case in cases:
-        feed = {"images": case.images, "text_embeddings": case.text_embeddings, "class_prior": case.class_prior}
+        feed = case.inputs()
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise ValueError(f"case {case.name!r} lacks the graph input(s) {missing}")
         with torch.no_grad():
-            args = [feed[n] for n in ("images", "text_embeddings", "class_prior") if n in names]
-            ref = [t.numpy() for t in module(*args)]
+            ref = [np.asarray(t) for t in module(**feed)]
         got = session.run(["boxes", "scores", "labels"], {n: feed[n].numpy() for n in names})
         row = {"case": case.name, "ref": 0, "got": 0, "matched": 0, "ties": 0, "cascades": 0, "boundary": 0,
                "unmatched": 0,
@@ -459,24 +545,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(errors)} error(s), {sum(f.severity == 'warning' for f in findings)} warning(s)")
         return 1 if errors else 0
 
-    from export.to_onnx import ExportError, load_detector, read_sidecar
+    import onnx
 
-    from cora.modeling.exportable import ExportableCORA
+    from export.to_onnx import ExportError, load_detector, read_sidecar
 
     if args.sizes is not None and len(args.sizes) % 2:
         parser.error("--sizes takes H W pairs")
     try:
         meta = read_sidecar(args.onnx)
+        inputs = [i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input]
+        if "image_sizes" not in inputs:
+            raise ExportError(f"{args.onnx} has no 'image_sizes' input (inputs: {', '.join(inputs)}): it was exported "
+                              "before the padding mask and differs from CORA.detect on padded images; re-export it "
+                              "with export/to_onnx.py (or `cora export`)")
         detector, _ = load_detector(meta["source"])
     except (FileNotFoundError, ExportError) as e:
         print(f"check: {e}", file=sys.stderr)
         return 1
     baked = detector.encode_vocabulary(meta["vocabulary"]) if meta.get("vocabulary") else None
-    module = ExportableCORA.from_detector(detector, baked, **meta["postprocess"])
+    reference = DetectorReference(detector, baked, **meta["postprocess"])
     sizes = list(zip(args.sizes[::2], args.sizes[1::2])) if args.sizes else None
     cases = default_cases(meta, ks=args.ks, batch=args.batch, sizes=sizes)
     try:
-        rows = parity_check(args.onnx, module, cases)
+        rows = parity_check(args.onnx, reference, cases)
     except ParityError as e:
         print(format_table(e.rows))
         print(f"check: {e}", file=sys.stderr)

@@ -6,10 +6,13 @@
     python export/to_onnx.py ... --text-encoder text.onnx      # also the CLIP text encoder (tokens -> embedding)
 
 Graph inputs and outputs (declared once: cora.modeling.exportable.IO_SPECS):
-    images           float32 [B, 3, H, W]  RGB in [0, 1], H and W multiples of 32 (normalised in the graph)
+    images           float32 [B, 3, H, W]  RGB in [0, 1], H and W multiples of 32 (normalised in the graph),
+                                           zero-padded at the bottom / right
+    image_sizes      int64   [B, 2]        (h, w) of each image's valid (un-padded) region, input pixels: the
+                                           padding mask, positional encoding and box scale, as CORA.forward
     text_embeddings  float32 [K, D]        dynamic K (absent with --vocab: the embeddings are constants)
     class_prior      float32 [K]           multiplies the pre-matching probabilities (ones = none)
-    boxes            float32 [B, M, 4]     xyxy, input pixels
+    boxes            float32 [B, M, 4]     xyxy, input pixels, clipped to the valid region
     scores           float32 [B, M]
     labels           int64   [B, M]        -1 in empty slots
 Dynamo exporter, opset 18, the cora ops through cora.ops.onnx_export.ONNX_TRANSLATIONS. The file is
@@ -33,7 +36,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZE_DIVISIBILITY = 32
-EXAMPLE_BATCH, EXAMPLE_K = 2, 7  # distinct from every static size, so no dim gets specialised or unified
+# Distinct from every static size (3 channels, 2 = (h, w) of image_sizes, 4 box coordinates), so no dim gets
+# specialised or unified with a static one.
+EXAMPLE_BATCH, EXAMPLE_K = 5, 7
 
 
 class ExportError(Exception):
@@ -192,8 +197,11 @@ def export_detector(detector, cfg, out: str | os.PathLike, *, source: dict, voca
     k = EXAMPLE_K if baked is None else baked.shape[0]
     g = torch.Generator().manual_seed(0)
     images = torch.rand(EXAMPLE_BATCH, 3, h, w, generator=g)
+    # Valid sizes from the whole input down to about half of it (only their dtype and shape are traced).
+    image_sizes = torch.tensor([[h - (h // 2 * i) // EXAMPLE_BATCH, w - (w // 2 * i) // EXAMPLE_BATCH]
+                                for i in range(EXAMPLE_BATCH)], dtype=torch.int64)
     text = torch.nn.functional.normalize(torch.randn(k, module.embed_dim, generator=g), dim=-1)
-    args = (images, torch.ones(k)) if baked is not None else (images, text, torch.ones(k))
+    args = (images, image_sizes, torch.ones(k)) if baked is not None else (images, image_sizes, text, torch.ones(k))
     sizes = {"D": module.embed_dim, "max_detections": module.max_detections}
     if image_size is not None:
         sizes.update(height=h, width=w)
@@ -299,15 +307,13 @@ def run(args: argparse.Namespace) -> int:
         export_text_encoder(detector._clip_model[0], args.text_encoder, source=source)
         print(f"wrote {args.text_encoder} and {sidecar_path(args.text_encoder)}")
     if not args.no_check:
-        from export.check import ParityError, default_cases, format_table, parity_check
+        from export.check import DetectorReference, ParityError, default_cases, format_table, parity_check
 
-        from cora.modeling.exportable import ExportableCORA
-
-        module = ExportableCORA.from_detector(detector, detector.encode_vocabulary(vocabulary) if vocabulary else None,
-                                              **meta["postprocess"])
-        cases = default_cases(meta, ks=(1, EXAMPLE_K), batch=1)
+        reference = DetectorReference(detector, detector.encode_vocabulary(vocabulary) if vocabulary else None,
+                                      **meta["postprocess"])
+        cases = default_cases(meta, ks=(1, EXAMPLE_K), batch=2)
         try:
-            rows = parity_check(args.out, module, cases)
+            rows = parity_check(args.out, reference, cases)
         except ParityError as e:
             print(format_table(e.rows))
             raise ExportError(str(e)) from e

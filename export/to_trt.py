@@ -5,7 +5,7 @@
         --image-profile 416 416 800 1344 1344 1344 --batch-profile 1 1 4 --workspace 8
 
 One optimisation profile covers min / opt / max of the dynamic dims: K (text_embeddings, class_prior),
-batch and image size (static dims are kept). With --fp16 the layers whose range or accumulation matters
+batch (images, image_sizes) and image size (static dims are kept). With --fp16 the layers whose range or accumulation matters
 stay in float32: softmax (pre-matching, region classifier, attention-pool weights) and the layer feeding
 each softmax (the attention-pool logits and the 100 * cosine logits), normalisation (L2 / layer norm,
 reductions), TopK and NMS. RoiAlign becomes the ROIAlign_TRT plugin: libnvinfer_plugin is initialised
@@ -98,6 +98,10 @@ def build_engine(onnx_path: str, out: str, *, fp16: bool, vocab_profile, image_p
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors} (run `export/check.py lint`)")
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    if "image_sizes" not in inputs:  # an export older than the padding mask: it differs from CORA.detect
+        raise BuildError(f"{onnx_path} has no 'image_sizes' input (inputs: {', '.join(inputs)}): re-export it with "
+                         "export/to_onnx.py (or `cora export`) before building an engine")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
@@ -118,7 +122,7 @@ def build_engine(onnx_path: str, out: str, *, fp16: bool, vocab_profile, image_p
                 continue
             if t.name in ("text_embeddings", "class_prior") and j == 0:
                 lo[j], opt[j], hi[j] = vocab_profile
-            elif t.name == "images" and j == 0:
+            elif t.name in ("images", "image_sizes") and j == 0:
                 lo[j], opt[j], hi[j] = batch_profile
             elif t.name == "images" and j in (2, 3):
                 lo[j], opt[j], hi[j] = image_profile[j - 2], image_profile[j], image_profile[j + 2]

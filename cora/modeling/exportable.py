@@ -1,18 +1,24 @@
-"""CORA as one exportable graph: pixels + text embeddings in, padded detections out.
+"""CORA as one exportable graph: padded pixels + their valid sizes + text embeddings in, padded detections out.
 
     module = ExportableCORA.from_detector(cora_model)            # runtime vocabulary
     module = ExportableCORA.from_detector(cora_model, text)      # baked vocabulary (text is a constant)
-    boxes, scores, labels = module(images, text_embeddings, class_prior)
+    boxes, scores, labels = module(images, image_sizes, text_embeddings, class_prior)
+    boxes, scores, labels = module(images, image_sizes, class_prior)          # baked vocabulary
 
-The graph holds everything `CORA.detect` does after resizing: normalisation, backbone, anchor pre-matching,
-localizer, region classifier, scoring (every box x every class), per-class NMS and the top M. It is plain
-tensor code: no Python branch on a symbolic size (K, B, H, W), no one-hot, no `%` on a symbolic K (the
-dynamo exporter cannot convert aten.remainder with a symbolic divisor: `idx - (idx // K) * K`), and every
-TopK's k is at most `max(pre_nms_topk, max_detections)` (< 3840, TensorRT's TopK limit).
+The graph holds everything `CORA.detect` does after resizing and padding: normalisation, backbone, anchor
+pre-matching, localizer, region classifier, scoring (every box x every class), per-class NMS and the top M.
+It is plain tensor code: no Python branch on a symbolic size (K, B, H, W), no one-hot, no `%` on a symbolic
+K (the dynamo exporter cannot convert aten.remainder with a symbolic divisor: `idx - (idx // K) * K`), and
+every TopK's k is at most `max(pre_nms_topk, max_detections)` (< 3840, TensorRT's TopK limit).
 
-The input is the whole image: there is no padding mask (the un-padded size is the input size). A runtime
-that letterboxes (cora.runtime.preprocess) therefore differs from `CORA.detect` only in the padded strip;
-on inputs whose resized size is a multiple of 32 both are the same function.
+`image_sizes` [B, 2] int64 gives the (h, w) of each image's valid top-left region, in input pixels: the
+resized image before it was padded at the bottom / right (cora.runtime.preprocess.letterbox returns it).
+It is used exactly as `CORA.forward` uses it: the pre-matcher scales the anchors by it, `padding_mask`
+hides the padded cells from the localizer's attention and normalises the sine positional encoding by each
+image's valid extent, and the boxes are scaled by it (input pixels of the un-padded image, clipped to it).
+So on the same padded batch and sizes the graph is `CORA.forward` + `postprocess`; sizes equal to the
+input size (no padding) give the un-masked function. The graph cannot raise: sizes must be positive and
+fit in (H, W) (the eager module checks this, in the pre-matcher).
 
 The names, dtypes and dynamic axes of the graph's inputs and outputs are declared once, in `IO_SPECS`.
 """
@@ -50,12 +56,15 @@ class TensorSpec:
 # Dim names: batch B, height H, width W (multiples of 32), num_classes K, max_detections M (static).
 IO_SPECS: tuple[TensorSpec, ...] = (
     TensorSpec("images", "input", "float32", ("batch", 3, "height", "width"),
-               "RGB in [0, 1]; normalisation is in the graph"),
+               "RGB in [0, 1], zero-padded at the bottom / right; normalisation is in the graph"),
+    TensorSpec("image_sizes", "input", "int64", ("batch", 2),
+               "(h, w) of each image's valid (un-padded) top-left region in input pixels, 1 <= h <= H, 1 <= w <= W"),
     TensorSpec("text_embeddings", "input", "float32", ("num_classes", "D"),
                "class text embeddings (re-normalised in the graph); absent with a baked vocabulary"),
     TensorSpec("class_prior", "input", "float32", ("num_classes",),
                "multiplies the pre-matching class probabilities (all ones = none)"),
-    TensorSpec("boxes", "output", "float32", ("batch", "max_detections", 4), "xyxy in input pixels, 0 when empty"),
+    TensorSpec("boxes", "output", "float32", ("batch", "max_detections", 4),
+               "xyxy in input pixels, clipped to the image's valid region; 0 when empty"),
     TensorSpec("scores", "output", "float32", ("batch", "max_detections"), "sorted descending, 0 when empty"),
     TensorSpec("labels", "output", "int64", ("batch", "max_detections"), "class index, -1 when empty"),
 )
@@ -88,11 +97,12 @@ class ExportableTextEncoder(nn.Module):
 
 
 class ExportableCORA(nn.Module):
-    """forward(images [B, 3, H, W], text_embeddings [K, D], class_prior [K]) ->
-    (boxes [B, M, 4] xyxy input pixels, scores [B, M], labels [B, M] int64, -1 for empty slots).
+    """forward(images [B, 3, H, W], image_sizes [B, 2] int64 (h, w), text_embeddings [K, D], class_prior [K]) ->
+    (boxes [B, M, 4] xyxy input pixels clipped to each image's valid region, scores [B, M],
+    labels [B, M] int64, -1 for empty slots).
 
     With a baked vocabulary (`BakedVocabularyCORA`, what `from_detector` returns when given text
-    embeddings), forward(images, class_prior). Shares (does not copy) the detector's modules.
+    embeddings), forward(images, image_sizes, class_prior). Shares (does not copy) the detector's modules.
 
     Args:
         detector: a `cora.modeling.detector.CORA`.
@@ -139,22 +149,30 @@ class ExportableCORA(nn.Module):
     def baked(self) -> bool:
         return self.baked_text is not None
 
-    def forward(self, images: Tensor, text_embeddings: Tensor, class_prior: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.raw_outputs(images, text_embeddings, class_prior)
+    def forward(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
+                class_prior: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.raw_outputs(images, image_sizes, text_embeddings, class_prior)
         return self.detections(out["class_logits"], out["objectness"], out["boxes"])
 
-    def raw_outputs(self, images: Tensor, text_embeddings: Tensor, class_prior: Tensor) -> dict[str, Tensor]:
-        """`CORA.forward` with image_sizes = the input size, last decoder layer only:
-        "boxes" [B, Q, 4] xyxy input pixels (clipped), "objectness" [B, Q] logits, "class_logits" [B, Q, K]."""
+    def raw_outputs(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
+                    class_prior: Tensor) -> dict[str, Tensor]:
+        """`CORA.forward`, last decoder layer only, boxes in pixels.
+
+        images: Tensor[B, 3, H, W] RGB in [0, 1], padded at the bottom / right; image_sizes: Tensor[B, 2]
+        int64 (h, w) of each un-padded image in input pixels; text_embeddings: Tensor[K, D]; class_prior:
+        Tensor[K]. Returns "boxes" [B, Q, 4] xyxy input pixels of the un-padded image (clipped to it),
+        "objectness" [B, Q] logits, "class_logits" [B, Q, K]."""
         b, _, h, w = images.shape
-        sizes = torch.tensor([h, w], device=images.device)[None].expand(b, 2)   # [B, 2] (h, w)
         backbone = self.backbone
         layer3 = backbone.features(backbone.normalize(images))                   # [B, C3, H/16, W/16]
         layer4 = backbone.layer4_map(layer3)                                     # [B, C4, H/32, W/32]
-        matched = self.prematcher(layer4, self.localizer.anchors(), sizes, (h, w), text_embeddings, class_prior)
-        mask = padding_mask(sizes, layer3.shape[-2:], backbone.stride)           # [B, H/16, W/16], all False
+        matched = self.prematcher(layer4, self.localizer.anchors(), image_sizes, (h, w), text_embeddings, class_prior)
+        # True on the cells of the padded strip: the encoder and decoder do not attend to them, and the sine
+        # positional encoding counts only the valid cells (so every cell's encoding depends on the valid size).
+        mask = padding_mask(image_sizes, layer3.shape[-2:], backbone.stride)     # [B, H/16, W/16]
         out = self.localizer(layer3, mask, matched["content_queries"])
-        scale = sizes.flip(-1).repeat(1, 2).to(layer3.dtype)                     # [B, 4] (w, h, w, h)
+        # The localizer's boxes are relative to the un-padded image, as in CORA.forward.
+        scale = image_sizes.flip(-1).repeat(1, 2).to(layer3.dtype)               # [B, 4] (w, h, w, h)
         boxes = cxcywh_to_xyxy(out["boxes"][-1]) * scale[:, None]               # [B, Q, 4] pixels
         embeddings = self.region_classifier.region_embeddings(layer3, boxes).reshape(b, boxes.shape[1], -1)  # [B, Q, D]
         logits = cosine_logits(embeddings, text_embeddings, self.temperature, self.embed_dim)  # [B, Q, K]
@@ -206,7 +224,9 @@ class ExportableCORA(nn.Module):
 
 
 class BakedVocabularyCORA(ExportableCORA):
-    """ExportableCORA with its text embeddings as a constant: forward(images [B, 3, H, W], class_prior [K])."""
+    """ExportableCORA with its text embeddings as a constant:
+    forward(images [B, 3, H, W], image_sizes [B, 2] int64 (h, w), class_prior [K])."""
 
-    def forward(self, images: Tensor, class_prior: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        return super().forward(images, self.baked_text, class_prior)
+    def forward(self, images: Tensor, image_sizes: Tensor,  # type: ignore[override]
+                class_prior: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return super().forward(images, image_sizes, self.baked_text, class_prior)

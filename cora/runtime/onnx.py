@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cora.runtime.preprocess import ExportedDetector, read_metadata
+from cora.runtime.preprocess import ExportedDetector, missing_image_sizes, read_metadata
 
 
 def default_providers() -> list[str]:
@@ -58,7 +58,9 @@ class OnnxDetector(ExportedDetector):
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "images" not in inputs or "class_prior" not in inputs:
             raise ValueError(f"{path!r} is not a CORA detector export: inputs {sorted(inputs)}, expected images, "
-                             "[text_embeddings,] class_prior")
+                             "image_sizes, [text_embeddings,] class_prior")
+        if "image_sizes" not in inputs:
+            raise ValueError(missing_image_sizes(path, list(inputs)))
         self.input_names = list(inputs)
         h, w = inputs["images"].shape[2:]
         self.image_size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
@@ -75,8 +77,8 @@ class OnnxDetector(ExportedDetector):
         self.device = "cpu"
         self._set_text_encoder(text_encoder)
 
-    def _run(self, batch: torch.Tensor, text: np.ndarray | None, prior: np.ndarray):
-        feed = {"images": batch.cpu().numpy(), "class_prior": prior}
+    def _run(self, batch: torch.Tensor, image_sizes: np.ndarray, text: np.ndarray | None, prior: np.ndarray):
+        feed = {"images": batch.cpu().numpy(), "image_sizes": image_sizes, "class_prior": prior}
         if text is not None:
             feed["text_embeddings"] = text
         return self.session.run(["boxes", "scores", "labels"], feed)

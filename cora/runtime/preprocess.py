@@ -3,8 +3,9 @@
 Mirrors `CORA.preprocess`: each image is resized (bilinear, antialiased, as torch.nn.functional.interpolate
 does it, so the pixels are the same) so that its shorter side is `min_size` and its longer side at most
 `max_size`, then the batch is zero-padded at the bottom / right to a multiple of 32. A static-size graph
-instead letterboxes every image into its (H, W). The graph sees the padded batch as the image (it has no
-padding mask), so boxes are mapped back by the resize scale and clipped to each original image.
+instead letterboxes every image into its (H, W). The graph gets each image's resized size (before padding)
+as `image_sizes`, so it masks the padding as `CORA.forward` does and returns boxes in the pixels of the
+resized image; they are mapped back by the resize scale and clipped to each original image.
 
 `ExportedDetector` holds the `detect` API common to the runners; a runner implements `_run`.
 """
@@ -116,6 +117,13 @@ def check_class_prior(class_prior, k: int) -> np.ndarray:
     return p.detach().float().cpu().contiguous().numpy()
 
 
+def missing_image_sizes(path: str | os.PathLike, inputs: Sequence[str]) -> str:
+    """The error message for a detector file without the `image_sizes` input (an export older than it)."""
+    return (f"{os.fspath(path)!r} has no 'image_sizes' input (its inputs: {', '.join(inputs)}): it was exported before "
+            "the graph took the un-padded image sizes, so it treats the padding as image and differs from "
+            "CORA.detect; re-export it with export/to_onnx.py (or `cora export`)")
+
+
 def read_metadata(path: str | os.PathLike, embedded: str | None = None) -> dict:
     """The export's JSON (sidecar `<path>.json`, else the copy embedded in the model), or {}."""
     side = f"{os.fspath(path)}.json"
@@ -128,7 +136,7 @@ def read_metadata(path: str | os.PathLike, embedded: str | None = None) -> dict:
 class ExportedDetector:
     """`detect(images, vocabulary=None, text_embeddings=None, class_prior=None)` as `CORA.detect`, over an
     exported graph. Subclasses set `embed_dim`, `image_size` (static (H, W) or None), `vocabulary` (baked
-    names or None), `min_size` / `max_size`, `device`, and implement `_run(batch, text, prior)`.
+    names or None), `min_size` / `max_size`, `device`, and implement `_run(batch, image_sizes, text, prior)`.
 
     text_encoder: turns class names into [K, D] embeddings: a text-encoder .onnx path
     (`cora.runtime.onnx.OnnxTextEncoder`), or any callable names -> [K, D]. Only needed for `vocabulary`.
@@ -182,8 +190,12 @@ class ExportedDetector:
             k = text.shape[0]
         prior = check_class_prior(class_prior, k)
         batch, sizes, originals = letterbox(images, self.min_size, self.max_size, self.image_size, self.device)
-        boxes, scores, labels = self._run(batch, text, prior)
+        image_sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)  # [B, 2] (h, w) resized, before padding
+        boxes, scores, labels = self._run(batch, image_sizes, text, prior)
         return to_original(boxes, scores, labels, sizes, originals)
 
-    def _run(self, batch: torch.Tensor, text: np.ndarray | None, prior: np.ndarray):
+    def _run(self, batch: torch.Tensor, image_sizes: np.ndarray, text: np.ndarray | None, prior: np.ndarray):
+        """Run the graph. batch: float32 [B, 3, H, W] on `device`; image_sizes: int64 [B, 2] (h, w) of each
+        image's un-padded part; text: float32 [K, D] or None (baked vocabulary); prior: float32 [K].
+        Returns (boxes [B, M, 4] xyxy pixels of the resized image, scores [B, M], labels [B, M] int64)."""
         raise NotImplementedError

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from cora.runtime.preprocess import ExportedDetector, read_metadata
+from cora.runtime.preprocess import ExportedDetector, missing_image_sizes, read_metadata
 
 
 class TensorRTDetector(ExportedDetector):
@@ -50,6 +50,8 @@ class TensorRTDetector(ExportedDetector):
         self.meta = read_metadata(path)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if "image_sizes" not in self.inputs:
+            raise ValueError(missing_image_sizes(path, self.inputs) + " and rebuild the engine with export/to_trt.py")
         h, w = self.engine.get_tensor_shape("images")[2:]
         self.image_size = (h, w) if h > 0 and w > 0 else None
         if "text_embeddings" in self.inputs:
@@ -69,8 +71,8 @@ class TensorRTDetector(ExportedDetector):
                  trt.int64: torch.int64, trt.bool: torch.bool}
         return table[self.engine.get_tensor_dtype(name)]
 
-    def _run(self, batch: torch.Tensor, text: np.ndarray | None, prior: np.ndarray):
-        feeds = {"images": batch, "class_prior": torch.from_numpy(prior)}
+    def _run(self, batch: torch.Tensor, image_sizes: np.ndarray, text: np.ndarray | None, prior: np.ndarray):
+        feeds = {"images": batch, "image_sizes": torch.from_numpy(image_sizes), "class_prior": torch.from_numpy(prior)}
         if text is not None:
             feeds["text_embeddings"] = torch.from_numpy(text)
         for name, t in feeds.items():

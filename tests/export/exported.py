@@ -3,6 +3,10 @@
 Exporting takes ~15 s on two cores, so each export is cached here for the whole session:
 - `runtime_vocabulary(...)`: text_embeddings is an input, dynamic batch / height / width, plus the text encoder;
 - `baked_vocabulary(...)`: exported through `cora export` with --vocab and a static image size.
+
+`without_image_sizes(...)` rewrites an export into the graph exported before `image_sizes` was an input
+(the un-padded size was the input size), to check that old files fail clearly and that the parity cases
+catch the difference.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ class Exported:
     path: Path
     meta: dict
     detector: object   # the PyTorch CORA it was exported from
-    module: object     # the ExportableCORA run eagerly by the parity check
+    module: object     # the ExportableCORA it was exported from, run eagerly
+    reference: object  # export.check.DetectorReference: CORA.forward + postprocess, the parity reference
     text_encoder: Path | None = None
 
 
@@ -34,6 +39,7 @@ def _detector():
 
 def runtime_vocabulary(tmp_path_factory) -> Exported:
     if "runtime" not in _CACHE:
+        from export.check import DetectorReference
         from export.to_onnx import export_detector, export_text_encoder
 
         from cora.modeling.exportable import ExportableCORA
@@ -43,7 +49,8 @@ def runtime_vocabulary(tmp_path_factory) -> Exported:
         meta = export_detector(detector, cfg, out / "tiny.onnx", source=SOURCE)
         export_text_encoder(detector._clip_model[0], out / "text.onnx", source=SOURCE)
         module = ExportableCORA.from_detector(detector, **meta["postprocess"]).eval()
-        _CACHE["runtime"] = Exported(out / "tiny.onnx", meta, detector, module, out / "text.onnx")
+        reference = DetectorReference(detector, **meta["postprocess"])
+        _CACHE["runtime"] = Exported(out / "tiny.onnx", meta, detector, module, reference, out / "text.onnx")
     return _CACHE["runtime"]
 
 
@@ -53,6 +60,7 @@ def baked_vocabulary(tmp_path_factory) -> Exported:
 
         from cora.export_cli import add_export_parser
         from cora.modeling.exportable import ExportableCORA
+        from export.check import DetectorReference
         from export.to_onnx import read_sidecar
 
         out = tmp_path_factory.mktemp("export_baked") / "baked.onnx"
@@ -65,7 +73,34 @@ def baked_vocabulary(tmp_path_factory) -> Exported:
         assert code == 0
         meta = read_sidecar(out)
         detector, _ = _detector()
-        module = ExportableCORA.from_detector(detector, detector.encode_vocabulary(BAKED_NAMES),
-                                              **meta["postprocess"]).eval()
-        _CACHE["baked"] = Exported(out, meta, detector, module)
+        text = detector.encode_vocabulary(BAKED_NAMES)
+        module = ExportableCORA.from_detector(detector, text, **meta["postprocess"]).eval()
+        _CACHE["baked"] = Exported(out, meta, detector, module, DetectorReference(detector, text, **meta["postprocess"]))
     return _CACHE["baked"]
+
+
+def without_image_sizes(path: Path, out: Path) -> Path:
+    """Copy the export at `path` to `out` with its `image_sizes` input replaced by the input size,
+    [[H, W]] * B computed from Shape(images): the graph as exported before image_sizes was an input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept = [i for i in graph.input if i.name != "image_sizes"]
+    del graph.input[:]
+    graph.input.extend(kept)
+    graph.initializer.extend([helper.make_tensor(n, TensorProto.INT64, [len(v)], v) for n, v in
+                              (("old_0", [0]), ("old_1", [1]), ("old_2", [2]), ("old_4", [4]))])
+    nodes = [
+        helper.make_node("Shape", ["images"], ["old_shape"]),                          # [B, 3, H, W]
+        helper.make_node("Slice", ["old_shape", "old_0", "old_1"], ["old_batch"]),     # [B]
+        helper.make_node("Slice", ["old_shape", "old_2", "old_4"], ["old_hw"]),        # [H, W]
+        helper.make_node("Unsqueeze", ["old_hw", "old_0"], ["old_hw_row"]),            # [1, 2]
+        helper.make_node("Concat", ["old_batch", "old_2"], ["old_target"], axis=0),    # [B, 2]
+        helper.make_node("Expand", ["old_hw_row", "old_target"], ["image_sizes"]),     # [[H, W]] * B
+    ]
+    for i, node in enumerate(nodes):  # before their consumers: the node list is in topological order
+        graph.node.insert(i, node)
+    onnx.save(model, str(out))
+    return out

@@ -65,16 +65,16 @@ class Shifted(torch.nn.Module):
         self.inner, self.max_detections, self.score_threshold = module, module.max_detections, module.score_threshold
         self.nms_iou = module.nms_iou
 
-    def forward(self, images, text, prior):
-        boxes, scores, labels = self.inner(images, text, prior)
-        return boxes + 1.0, scores, torch.where(labels >= 0, (labels + 1) % text.shape[0], labels)
+    def forward(self, images, image_sizes, text_embeddings, class_prior):
+        boxes, scores, labels = self.inner(images, image_sizes, text_embeddings, class_prior)
+        return boxes + 1.0, scores, torch.where(labels >= 0, (labels + 1) % text_embeddings.shape[0], labels)
 
 
 @pytest.mark.slow
 def test_parity_error_collects_every_output(tmp_path_factory):
     exported = runtime_vocabulary(tmp_path_factory)
     text = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
-    case = ParityCase("shifted", torch.rand(1, 3, 96, 128), text, torch.ones(3))
+    case = ParityCase("shifted", torch.rand(1, 3, 96, 128), torch.tensor([[96, 128]]), text, torch.ones(3))
     with pytest.raises(ParityError) as err:
         parity_check(exported.path, Shifted(exported.module), [case])
     failures = {f["output"]: f for f in err.value.failures}
@@ -84,8 +84,8 @@ def test_parity_error_collects_every_output(tmp_path_factory):
     assert err.value.rows[0]["unmatched"] > 0 or not err.value.rows[0]["top_label_ok"]
 
     class Nudged(Shifted):
-        def forward(self, images, text, prior):
-            boxes, scores, labels = self.inner(images, text, prior)
+        def forward(self, images, image_sizes, text_embeddings, class_prior):
+            boxes, scores, labels = self.inner(images, image_sizes, text_embeddings, class_prior)
             return boxes + 0.2, scores + 1e-3 * (labels >= 0), labels
 
     with pytest.raises(ParityError) as err:
@@ -105,6 +105,7 @@ def test_lint_passes_on_our_exports(tmp_path_factory):
     messages = " ".join(str(f) for f in lint_tensorrt(exported.path))
     assert "coordinate_transformation_mode=half_pixel" in messages and "bounded by 3000" in messages
     assert "int64" in messages and "num_classes" in messages
+    assert "graph I/O ['image_sizes', 'labels']" in messages  # the padding-mask input is int64, and passes
     assert main(["lint", str(exported.path)]) == 0
 
 

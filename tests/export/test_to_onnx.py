@@ -8,9 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.check import default_cases, format_table, parity_check
+from cora.modeling.detector import padding_mask
+from cora.modeling.postprocess import cxcywh_to_xyxy
+from export.check import ParityCase, ParityError, default_cases, format_table, parity_check, synthetic_images
 from export.to_onnx import ExportError, export_detector, sidecar_path
-from tests.export.exported import BAKED_NAMES, BAKED_SIZE, baked_vocabulary, runtime_vocabulary
+from tests.export.exported import BAKED_NAMES, BAKED_SIZE, baked_vocabulary, runtime_vocabulary, without_image_sizes
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +34,11 @@ def dims(value_info):
 def test_graph_inputs_outputs_and_ops(exported):
     model = onnx.load(str(exported.path))
     io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
-    assert [v.name for v in model.graph.input] == ["images", "text_embeddings", "class_prior"]
+    assert [v.name for v in model.graph.input] == ["images", "image_sizes", "text_embeddings", "class_prior"]
     assert [v.name for v in model.graph.output] == ["boxes", "scores", "labels"]
     assert dims(io["images"]) == ["batch", 3, "height", "width"]
+    assert dims(io["image_sizes"]) == ["batch", 2]
+    assert io["image_sizes"].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert dims(io["text_embeddings"]) == ["num_classes", 64]
     assert dims(io["class_prior"]) == ["num_classes"]
     assert dims(io["boxes"]) == ["batch", 100, 4] and dims(io["labels"]) == ["batch", 100]
@@ -55,36 +59,92 @@ def test_sidecar_and_metadata_hold_the_resolved_config(exported):
     assert not [p for p in exported.path.parent.iterdir() if p.name.endswith(".tmp")], "temporary file left behind"
 
 
-def test_exportable_module_is_cora_forward(exported):
-    """The export wrapper computes what CORA.forward does on an un-padded batch."""
-    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
-    text = torch.nn.functional.normalize(torch.randn(5, 64), dim=-1)
+# Two images of different sizes letterboxed into one 128 x 192 batch, as the tiny preset resizes 100 x 130 and
+# 90 x 170 images (shorter side 128, longer <= 192): neither valid size is a multiple of 32.
+PADDED_SIZES = [(128, 166), (102, 192)]
+
+
+def padded_batch(sizes=PADDED_SIZES, height=128, width=192, seed=1):
+    images = torch.from_numpy(synthetic_images(len(sizes), height, width, seed))
+    for b, (h, w) in enumerate(sizes):
+        images[b, :, h:] = 0
+        images[b, :, :, w:] = 0
+    return images, torch.tensor(sizes, dtype=torch.int64)
+
+
+def test_exportable_module_is_cora_forward_on_padded_images(exported):
+    """The export wrapper computes what CORA.forward does, last layer, with the padding mask of image_sizes."""
+    images, sizes = padded_batch()
+    text = torch.nn.functional.normalize(torch.randn(5, 64, generator=torch.Generator().manual_seed(2)), dim=-1)
+    prior = torch.linspace(0.5, 2, 5)
+    assert padding_mask(sizes, (8, 12), 16).any(), "the batch must have padded cells"
     with torch.no_grad():
-        ref = exported.detector(images, torch.tensor([[96, 128]] * 2), text)
-        raw = exported.module.raw_outputs(images, text, torch.ones(5))
-    torch.testing.assert_close(raw["class_logits"], ref["class_logits"])
+        ref = exported.detector(images, sizes, text, prior)
+        raw = exported.module.raw_outputs(images, sizes, text, prior)
+        whole = exported.module.raw_outputs(images, torch.tensor([[128, 192]] * 2), text, prior)
+    scale = sizes.flip(-1).repeat(1, 2).float()[:, None]  # [B, 1, 4] (w, h, w, h)
+    pixels = cxcywh_to_xyxy(ref["boxes"][-1]) * scale
+    ref_boxes = torch.minimum(pixels.clamp(min=0), scale.expand_as(pixels))
+    torch.testing.assert_close(raw["boxes"], ref_boxes)
     torch.testing.assert_close(raw["objectness"], ref["objectness"][-1])
+    torch.testing.assert_close(raw["class_logits"], ref["class_logits"])
+    assert (raw["boxes"][..., 2] <= sizes[:, 1, None]).all() and (raw["boxes"][..., 3] <= sizes[:, 0, None]).all()
+    # Without the sizes (the whole input as image) it is another function, so the comparison above means something.
+    assert (whole["objectness"] - ref["objectness"][-1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("ks", [(1, 2, 7), (65, 1203)])
-def test_onnxruntime_matches_pytorch_for_any_k_two_sizes_batch_2(exported, ks):
+def test_onnxruntime_matches_cora_for_any_k_whole_and_letterboxed_batch_2(exported, ks):
+    """Against CORA.forward + postprocess: whole images at two sizes and letterboxed ones (valid sizes not
+    multiples of 32, different per image)."""
     cases = default_cases(exported.meta, ks=ks, batch=2, sizes=[(128, 160), (96, 64)])
-    rows = parity_check(exported.path, exported.module, cases)
+    assert sum(c.name.startswith("letterboxed") for c in cases) == len(ks)
+    rows = parity_check(exported.path, exported.reference, cases)
     print(format_table(rows))
-    assert len(rows) == 2 * len(ks) and all(r["got"] > 0 for r in rows)
+    assert len(rows) == 3 * len(ks) and all(r["got"] > 0 for r in rows)
+
+
+def letterboxed_case(k=7):
+    images, sizes = padded_batch()
+    text = torch.nn.functional.normalize(torch.randn(k, 64, generator=torch.Generator().manual_seed(3)), dim=-1)
+    return ParityCase("two sizes letterboxed", images, sizes, text, torch.linspace(0.5, 2, k))
+
+
+def test_onnxruntime_equals_cora_on_two_different_letterboxed_images(exported):
+    """The graph, in ONNX Runtime, is CORA.forward + postprocess on a batch of two images of different
+    sizes, neither a multiple of 32 (and the eager ExportableCORA agrees with both)."""
+    case = letterboxed_case()
+    (row,) = parity_check(exported.path, exported.reference, [case])
+    assert row["got"] > 0 and row["unmatched"] == 0
+    (row,) = parity_check(exported.path, exported.module, [case])
+    assert row["got"] > 0 and row["unmatched"] == 0
+
+
+def test_a_graph_without_image_sizes_fails_that_parity(exported, tmp_path):
+    """The graph as exported before image_sizes (the input size as the un-padded size) differs from CORA on
+    letterboxed images: the parity check above catches it."""
+    old = without_image_sizes(exported.path, tmp_path / "old.onnx")
+    assert "image_sizes" not in [i.name for i in ort.InferenceSession(str(old)).get_inputs()]
+    with pytest.raises(ParityError) as err:
+        parity_check(old, exported.reference, [letterboxed_case()])
+    assert {f["output"] for f in err.value.failures} & {"boxes", "labels"}
+    # ... and equals it on whole images, so the rewrite itself is faithful.
+    whole = [c for c in default_cases(exported.meta, ks=(7,), batch=2, sizes=[(128, 160)]) if c.name.startswith("random")]
+    parity_check(old, exported.reference, whole)
 
 
 def test_image_without_detections(exported):
     """K = 1 and a text embedding opposite to every region embedding: all scores ~ exp(-100) < threshold."""
     images = torch.rand(2, 3, 96, 128)
+    sizes = torch.tensor([[96, 128], [70, 100]])
     with torch.no_grad():
-        raw = exported.module.raw_outputs(images, torch.eye(64), torch.ones(64))  # logits = 100 * embedding
+        raw = exported.module.raw_outputs(images, sizes, torch.eye(64), torch.ones(64))  # logits = 100 * embedding
         regions = torch.nn.functional.normalize(raw["class_logits"].reshape(-1, 64), dim=-1)
         text = -torch.nn.functional.normalize(regions.mean(0), dim=0)[None]
-        ref = exported.module(images, text, torch.ones(1))
+        ref = exported.module(images, sizes, text, torch.ones(1))
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
-    boxes, scores, labels = session.run(None, {"images": images.numpy(), "text_embeddings": text.numpy(),
-                                               "class_prior": np.ones(1, np.float32)})
+    boxes, scores, labels = session.run(None, {"images": images.numpy(), "image_sizes": sizes.numpy(),
+                                               "text_embeddings": text.numpy(), "class_prior": np.ones(1, np.float32)})
     for out in (ref, (boxes, scores, labels)):
         assert (np.asarray(out[2]) == -1).all() and (np.asarray(out[1]) == 0).all() and (np.asarray(out[0]) == 0).all()
     assert labels.shape == (2, 100) and labels.dtype == np.int64
@@ -93,12 +153,12 @@ def test_image_without_detections(exported):
 def test_baked_vocabulary_static_size_via_cora_export(baked):
     model = onnx.load(str(baked.path))
     io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
-    assert [v.name for v in model.graph.input] == ["images", "class_prior"]
+    assert [v.name for v in model.graph.input] == ["images", "image_sizes", "class_prior"]
     assert dims(io["images"]) == ["batch", 3, *BAKED_SIZE] and dims(io["class_prior"]) == [len(BAKED_NAMES)]
-    assert dims(io["scores"]) == ["batch", 10]
+    assert dims(io["image_sizes"]) == ["batch", 2] and dims(io["scores"]) == ["batch", 10]
     assert baked.meta["vocabulary"] == BAKED_NAMES and baked.meta["image_size"] == list(BAKED_SIZE)
-    rows = parity_check(baked.path, baked.module, default_cases(baked.meta, batch=2))
-    assert all(r["unmatched"] == 0 for r in rows)
+    rows = parity_check(baked.path, baked.reference, default_cases(baked.meta, batch=2))
+    assert len(rows) == 3 and all(r["unmatched"] == 0 for r in rows)  # whole, whole, letterboxed
 
 
 def test_bad_image_size_is_a_clear_error(exported, tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from cora.runtime.onnx import OnnxDetector, OnnxTextEncoder, default_providers
 from export.check import TOLERANCES, match_detections, text_encoder_parity
-from tests.export.exported import BAKED_NAMES, baked_vocabulary, runtime_vocabulary
+from tests.export.exported import BAKED_NAMES, baked_vocabulary, runtime_vocabulary, without_image_sizes
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +30,41 @@ def test_providers_default_to_cpu_here(detector):
     assert detector.image_size is None and detector.embed_dim == 64 and (detector.min_size, detector.max_size) == (128, 192)
 
 
-def test_detect_equals_cora_detect_when_no_padding_is_needed(exported, detector):
-    images = [torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    t = text(7)
-    prior = torch.linspace(0.5, 2, 7)
-    got = detector.detect(images, text_embeddings=t.numpy(), class_prior=prior)
-    ref = exported.detector.detect(images, text_embeddings=t, class_prior=prior)
+def assert_same_detections(got, ref):
+    assert len(got) == len(ref)
     for g, r in zip(got, ref):
         assert len(g["scores"]) == len(r["scores"]) > 0
         as_tuple = lambda d: tuple(d[k].numpy() for k in ("boxes", "scores", "labels"))  # noqa: E731
         m = match_detections(as_tuple(r), as_tuple(g), 100, 0.001)  # tied scores come in any order
         assert m["unmatched"] == 0 and m["top_label_ok"], m
         assert m["box_diff"] < TOLERANCES["boxes"] and m["score_diff"] < TOLERANCES["scores"]
+
+
+def test_detect_equals_cora_detect_when_no_padding_is_needed(exported, detector):
+    images = [torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    t = text(7)
+    prior = torch.linspace(0.5, 2, 7)
+    got = detector.detect(images, text_embeddings=t.numpy(), class_prior=prior)
+    assert_same_detections(got, exported.detector.detect(images, text_embeddings=t, class_prior=prior))
+
+
+@pytest.mark.parametrize("shapes", [[(100, 130), (90, 170)], [(77, 61)]])
+def test_detect_equals_cora_detect_on_padded_images(exported, detector, shapes):
+    """Resized sizes that are not multiples of 32 (tiny: 100 x 130 -> 128 x 166, 90 x 170 -> 102 x 192,
+    77 x 61 -> 162 x 128), batched with different sizes: the same resize, padding and padding mask."""
+    images = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)) for h, w in shapes]
+    _, sizes, _ = exported.detector.preprocess(images)
+    assert (sizes % 32 != 0).any(dim=1).all(), sizes  # every image is padded
+    t = text(7, seed=1)
+    prior = torch.linspace(0.5, 2, 7)
+    got = detector.detect(images, text_embeddings=t.numpy(), class_prior=prior)
+    assert_same_detections(got, exported.detector.detect(images, text_embeddings=t, class_prior=prior))
+
+
+def test_an_export_without_image_sizes_is_refused(exported, tmp_path):
+    old = without_image_sizes(exported.path, tmp_path / "old.onnx")
+    with pytest.raises(ValueError, match=r"no 'image_sizes' input .*re-export it with export/to_onnx.py"):
+        OnnxDetector(old)
 
 
 def test_any_sizes_boxes_in_original_pixels_and_names(detector):
