@@ -1,6 +1,6 @@
 """The `cora` command line: `python -m cora <command> --help`.
 
-Commands: detect, eval, train-prompt, relabel, train, export, data, convert. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+Commands: detect, eval, train-prompt, relabel, train, export, data, convert, bench. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 """
 
 from __future__ import annotations
@@ -122,6 +122,34 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# `cora bench NAME ...` runs benchmarks/<script> of the source checkout in a fresh interpreter (the scripts set
+# OpenMP's spin policy before torch is imported).
+BENCHMARKS = {"vocab": "vocab_scaling.py", "kernels": "kernels.py"}
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="run a benchmark: vocab (latency vs vocabulary size), kernels (ops vs baselines)",
+        description="Runs benchmarks/vocab_scaling.py (vocab: CORA against OV-DETR-style conditional decoding "
+                    "for K = 1 .. 4096) or benchmarks/kernels.py (kernels: each compiled op against its baseline) "
+                    "with the arguments that follow; `cora bench vocab --help` lists them. Tables are printed, "
+                    "JSON and PNG written to benchmarks/results/.",
+    )
+    p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / BENCHMARKS[args.name]
+    if not script.is_file():
+        raise CLIError(f"{script} not found: the benchmarks ship with the source checkout, not the installed package")
+    return subprocess.call([sys.executable, str(script), *args.args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cora", description="CORA open-vocabulary detection toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -139,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_data_parser(sub)
     add_convert_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
