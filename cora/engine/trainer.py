@@ -271,6 +271,10 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         st = load_training_state(out)
         if len(st["rng"]) != world:
             raise ValueError(f"the checkpoint was written by {len(st['rng'])} processes; resume with as many, not {world}")
+        for key in ("amp", "batch_size", "seed"):  # what the saved optimizer / scaler / data position assume
+            if st["train_config"][key] != getattr(tcfg, key):
+                raise ValueError(f"--resume with {key}={getattr(tcfg, key)!r}, but the run in {out} used "
+                                 f"{st['train_config'][key]!r}: resume with the same {key}")
         model.load_state_dict(st["learned"], strict=False)
         opt.load_state_dict(st["optimizer"])
         scaler.load_state_dict(st["scaler"])

@@ -102,6 +102,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(data, tmp_path, mon
     assert trainer.load_training_state(tmp_path)["step"] == 1  # intact, and what --resume continues from
     log = train_localizer(tiny_model(), data, tmp_path, tcfg, resume=True, progress=False)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="--resume with amp='bf16', but the run .* used 'off'"):
+        train_localizer(tiny_model(), data, tmp_path, TrainConfig(**{**tcfg.__dict__, "amp": "bf16"}), resume=True)
 
 
 def test_config_file_then_command_line(root, tmp_path, capsys):
