@@ -175,13 +175,18 @@ class Split:
 
 def make_split(categories, base_names: Sequence[str], novel_names: Sequence[str], what: str = "split") -> Split:
     """A Split from base / novel names, validated against `categories` (see load_categories for the forms).
+    Categories holding every base class and none of the novel ones (an OVD training json) give a split
+    without novel classes; any other missing name is an error.
 
     Raises ValueError listing every name the categories lack (with close-match hints), or names in both groups.
     """
     categories = load_categories(categories)
     names = [category_name(c) for c in categories]
+    known = lambda n: n in names or n.replace("_", " ") in names  # noqa: E731
+    if novel_names and base_names and not any(known(n) for n in novel_names) and all(known(n) for n in base_names):
+        novel_names = []  # a json with every base class and no novel one: an OVD training json (make-ovd-json)
     wanted = [*base_names, *novel_names]
-    unknown = [n for n in wanted if n not in names and n.replace("_", " ") not in names]
+    unknown = [n for n in wanted if not known(n)]
     if unknown:
         wrong_json = " (most are missing: is it the right json?)" if len(unknown) > len(wanted) / 2 else ""
         raise ValueError(unknown_names_message(

@@ -157,3 +157,13 @@ def test_ovd_instances_train_and_val():
     assert sorted(a["category_id"] for a in val["annotations"]) == [1, 3, 17, 18]
     with pytest.raises(ValueError, match="'train' or 'val'"):
         ovd_instances(small_instances(), split, "test")
+
+
+def test_a_training_json_without_the_novel_classes_gets_a_base_only_split():
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(["cat", "dog", "cow"])]
+    split = make_split(categories, ["cat", "dog", "cow"], ["zebra", "giraffe"])
+    assert split.base_names == ["cat", "dog", "cow"] and split.novel_names == []
+    with pytest.raises(ValueError, match="zebra"):  # some novel classes present: a missing one is an error
+        make_split(categories + [{"id": 9, "name": "giraffe"}], ["cat", "dog", "cow"], ["zebra", "giraffe"])
+    with pytest.raises(ValueError, match="horse"):  # a missing base class is always an error
+        make_split(categories, ["cat", "dog", "cow", "horse"], ["zebra"])
