@@ -1,4 +1,8 @@
-"""Timing and machine description shared by the benchmark scripts."""
+"""Timing and machine description shared by the benchmark scripts.
+
+`measure` (median / p90 of repeated calls, ms; CUDA events on CUDA) is built on `benchmarks.timing.StageTimer`;
+`percentile` is the one p90 rule of every script; `machine_info` and `format_table` describe the run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from benchmarks.timing import StageTimer
 from cora.fileio import write_json  # noqa: F401  (the scripts' atomic JSON writer)
 
 
@@ -19,25 +24,23 @@ def measure(fn: Callable[[], object], device: str, repeat: int, warmup: int = 1)
     """
     for _ in range(warmup):
         fn()
+    timer = StageTimer(device)
     times = []
     for _ in range(repeat):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        timer.begin("total")
+        fn()
+        times.append(timer.end()[0])
     times.sort()
     return {
         "median_ms": statistics.median(times),
-        "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+        "p90_ms": percentile(times, 0.9),
         "runs": len(times),
     }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The value at rank round(q * (n - 1)) of an ascending list (no interpolation): p90 = percentile(v, 0.9)."""
+    return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
 
 
 def machine_info(device: str) -> dict:

@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         export_text_encoder(detector._clip_model[0], args.text_encoder, source=source)
         print(f"wrote {args.text_encoder} and {sidecar_path(args.text_encoder)}")
     if not args.no_check:
-        from export.check import DetectorReference, ParityError, default_cases, format_table, parity_check
+        from export.parity import DetectorReference, ParityError, default_cases, format_table, parity_check
 
         reference = DetectorReference(detector, detector.encode_vocabulary(vocabulary) if vocabulary else None,
                                       **meta["postprocess"])
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(e.rows))
             raise ExportError(str(e)) from e
         print(format_table(rows))
-    from export.check import lint_tensorrt
+    from export.lint import lint_tensorrt
 
     findings = lint_tensorrt(args.out)
     for f in findings:

@@ -1,4 +1,5 @@
-"""benchmarks/vocab_scaling.py (smoke preset: tiny model, seconds) and the OV-DETR-style baseline it measures."""
+"""benchmarks/vocab_scaling.py and its parts (timing, vocab_backends, vocab_cells, vocab_report; smoke preset: tiny
+model, seconds) and the OV-DETR-style baseline it measures."""
 
 import importlib.util
 import json
@@ -9,6 +10,9 @@ import torch
 
 from benchmarks import vocab_scaling
 from benchmarks.conditional_baseline import ConditionalMatchingBaseline, postprocess_conditional
+from benchmarks.timing import StageTimer
+from benchmarks.vocab_backends import BASELINE_STAGES, CORA_STAGES, Inputs, backend_status, cora_runner
+from benchmarks.vocab_cells import STOPPED
 from cora.config import get_preset
 from cora.modeling.detector import CORA
 
@@ -38,7 +42,7 @@ def test_smoke_writes_json_and_png(tmp_path, capsys):
 
     eager = [r for r in payload["results"] if r["backend"] == "eager"]
     assert {(r["method"], r["K"]) for r in eager} == {(m, k) for m in ("cora", "conditional") for k in (1, 16)}
-    stages = {"cora": vocab_scaling.CORA_STAGES, "conditional": vocab_scaling.BASELINE_STAGES}
+    stages = {"cora": CORA_STAGES, "conditional": BASELINE_STAGES}
     for r in eager:
         assert r["status"] == "ok"
         assert r["latency_ms"]["runs"] == 1 and 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
@@ -56,7 +60,7 @@ def test_smoke_writes_json_and_png(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(vocab_scaling.backend_status("onnxruntime", "cpu", "fp32") is not None,
+@pytest.mark.skipif(backend_status("onnxruntime", "cpu", "fp32") is not None,
                     reason="no ONNX export / runtime in this tree")
 def test_onnxruntime_backend_times_the_exported_graph(tmp_path):
     payload, _ = run_smoke(tmp_path, "--backends", "eager,onnxruntime")
@@ -71,9 +75,9 @@ def test_budget_stops_the_baseline_and_is_never_projected(tmp_path):
     payload, png = run_smoke(tmp_path, "--budget-s", "0")
     baseline = [r for r in payload["results"] if r["method"] == "conditional"]
     assert [r["K"] for r in baseline] == [1, 16]
-    assert all(r["status"] == vocab_scaling.STOPPED and "latency_ms" not in r for r in baseline)
+    assert all(r["status"] == STOPPED and "latency_ms" not in r for r in baseline)
     assert all(r["status"] == "ok" for r in payload["results"] if r["method"] == "cora")
-    assert payload["summary"]["speedup"]["eager"] == {"1": vocab_scaling.STOPPED, "16": vocab_scaling.STOPPED}
+    assert payload["summary"]["speedup"]["eager"] == {"1": STOPPED, "16": STOPPED}
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -98,14 +102,14 @@ def tiny():
 
 
 def test_cora_stage_hooks_mark_the_stages_in_order(tiny):
-    inputs = vocab_scaling.Inputs((128, 192), tiny.backbone.embed_dim, "cpu", torch.float32, seed=0)
-    runner = vocab_scaling.cora_runner(tiny, inputs, "eager", None)
+    inputs = Inputs((128, 192), tiny.backbone.embed_dim, "cpu", torch.float32, seed=0)
+    runner = cora_runner(tiny, inputs, "eager", None)
     runner.prepare(5)
-    timer = vocab_scaling.StageTimer("cpu")
+    timer = StageTimer("cpu")
     with torch.inference_mode():
         runner.run(timer)
     total, split = timer.end()
-    assert tuple(timer.stages) == vocab_scaling.CORA_STAGES
+    assert tuple(timer.stages) == CORA_STAGES
     assert sum(split.values()) == pytest.approx(total)
     # The hooks live for one run only.
     assert not tiny.localizer._forward_hooks and not tiny.localizer._forward_pre_hooks

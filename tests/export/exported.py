@@ -27,7 +27,7 @@ class Exported:
     meta: dict
     detector: object   # the PyTorch CORA it was exported from
     module: object     # the ExportableCORA it was exported from, run eagerly
-    reference: object  # export.check.DetectorReference: CORA.forward + postprocess, the parity reference
+    reference: object  # export.parity.DetectorReference: CORA.forward + postprocess, the parity reference
     text_encoder: Path | None = None
 
 
@@ -39,7 +39,7 @@ def _detector():
 
 def runtime_vocabulary(tmp_path_factory) -> Exported:
     if "runtime" not in _CACHE:
-        from export.check import DetectorReference
+        from export.parity import DetectorReference
         from export.to_onnx import export_detector, export_text_encoder
 
         from cora.modeling.exportable import ExportableCORA
@@ -60,7 +60,7 @@ def baked_vocabulary(tmp_path_factory) -> Exported:
 
         from cora.export_cli import add_export_parser
         from cora.modeling.exportable import ExportableCORA
-        from export.check import DetectorReference
+        from export.parity import DetectorReference
         from export.to_onnx import read_sidecar
 
         out = tmp_path_factory.mktemp("export_baked") / "baked.onnx"

@@ -1,4 +1,5 @@
-"""export/check.py: tie-aware parity, ParityError, the TensorRT-readiness lint."""
+"""export/check.py (the command line), export/parity.py (tie-aware parity, ParityError), export/lint.py (the
+TensorRT-readiness lint)."""
 
 import numpy as np
 import onnx
@@ -6,9 +7,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.check import (
-    TOLERANCES, ParityError, ParityCase, lint_tensorrt, main, match_detections, parity_check,
-)
+from export.check import main
+from export.lint import lint_tensorrt
+from export.parity import TOLERANCES, ParityCase, ParityError, match_detections, parity_check
 from tests.export.exported import runtime_vocabulary
 
 

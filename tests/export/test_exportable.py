@@ -7,7 +7,7 @@ from cora.config import get_preset
 from cora.modeling.detector import CORA
 from cora.modeling.exportable import MAX_TOPK, ExportableCORA
 from cora.modeling.postprocess import cxcywh_to_xyxy, postprocess
-from export.check import match_detections
+from export.parity import match_detections
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from cora.modeling.detector import padding_mask
 from cora.modeling.postprocess import cxcywh_to_xyxy
-from export.check import ParityCase, ParityError, default_cases, format_table, parity_check, synthetic_images
+from export.parity import ParityCase, ParityError, default_cases, format_table, parity_check, synthetic_images
 from export.to_onnx import ExportError, export_detector, sidecar_path
 from tests.export.exported import BAKED_NAMES, BAKED_SIZE, baked_vocabulary, runtime_vocabulary, without_image_sizes
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cora.runtime.onnx import OnnxDetector, OnnxTextEncoder, default_providers
-from export.check import TOLERANCES, match_detections, text_encoder_parity
+from export.parity import TOLERANCES, match_detections, text_encoder_parity
 from tests.export.exported import BAKED_NAMES, baked_vocabulary, runtime_vocabulary, without_image_sizes
 
 pytestmark = pytest.mark.slow
