@@ -53,3 +53,14 @@ def test_checkpoint_loads_into_a_fresh_model(tmp_path):
     state, cfg = load_checkpoint(tmp_path / "l" / "model")
     assert cfg == get_preset("tiny")
     load_into(CORA.from_config(cfg, random_init=True), state)
+
+
+def test_missing_images_are_reported_before_training(tmp_path, capsys):
+    write_synthetic(tmp_path / "d", num_images=4, seed=3, size=(64, 64))
+    args = parse(["train", "--ann-file", str(tmp_path / "d" / "instances_train.json"), "--preset", "tiny",
+                  "--random-init", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert args.run(args) == 1 and "--ann-file and --images" in capsys.readouterr().err
+    args = parse(["train", "--data", str(tmp_path / "d"), "--preset", "tiny", "--random-init", "--eval-every", "1",
+                  "--val-images", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+    assert args.run(args) == 1
+    assert "validation images not found" in capsys.readouterr().err and not (tmp_path / "o" / "log.jsonl").exists()
