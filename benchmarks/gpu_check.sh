@@ -56,6 +56,8 @@ work=$(mktemp -d)
   && timeout 120 "$PY" -m cora train --data "$work/shapes" --preset tiny --random-init --batch-size 8 --epochs 2 \
     --amp bf16 --device cuda --no-progress --out "$work/run" 2>&1 | tail -1 || status=1
 rm -rf "$work"
+timeout 120 "$PY" benchmarks/train_step.py --device cuda --queries 1000 --image-size 800 1344 --batch 2 --repeat 5 \
+  --json "$OUT_DIR/train_step-cuda.json" 2>&1 | tail -4 || status=1
 
 # The main job on the GPU: CORA against OV-DETR-style conditional decoding, paper shapes.
 timeout 180 "$PY" benchmarks/vocab_scaling.py --preset paper --device cuda --dtype fp16 --backends eager \
