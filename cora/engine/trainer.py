@@ -214,11 +214,17 @@ def read_jsonl(path: Path, up_to_step: int) -> list[dict]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]  # json_line's nulls
     return [r for r in rows if r["step"] <= up_to_step]
 
 
+def json_line(row: dict) -> str:
+    """One JSON line; NaN (a metric without ground truth, an accuracy without boxes) as null, for strict readers."""
+    return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}) + "\n"
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json_line(r) for r in rows)))
 
 
 def plot_losses(losses: list[float], path: Path) -> None:
@@ -355,7 +361,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
                        "images_per_s": tcfg.batch_size / seconds}
                 log.append(row), losses.append(row["loss"])
                 if main:
-                    logf.write(json.dumps(row) + "\n"), logf.flush()
+                    logf.write(json_line(row)), logf.flush()
                     bar.update(1), bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
                 if pos >= len(epochs[epoch]):
                     epoch, pos = epoch + 1, 0

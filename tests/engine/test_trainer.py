@@ -2,6 +2,7 @@
 and the --config file of `cora train`."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,14 @@ def test_periodic_evaluation_keeps_the_best_ema_checkpoint(data, tmp_path):
 
     def evaluator(model):  # records the weights it is given: they must be the EMA ones
         seen.append(model.localizer.query_embed.weight.detach().clone())
-        return {"AP50_novel": next(scores), "AP50_base": 0.0}
+        return {"AP50_novel": next(scores), "AP50_base": math.nan}  # NaN: a group without ground truth
 
     model = tiny_model()
     tcfg = TrainConfig(epochs=3, batch_size=3, lr=1e-3, ema_decay=0.5, eval_every=1)
     train_localizer(model, data, tmp_path, tcfg, progress=False, evaluator=evaluator)
-    rows = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    strict = lambda c: pytest.fail(f"non-standard JSON constant {c}")  # noqa: E731
+    rows = [json.loads(x, parse_constant=strict) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert all(r["AP50_base"] is None for r in rows)
     assert [(r["epoch"], r["step"], r["AP50_novel"]) for r in rows] == [(1, 2, 0.1), (2, 4, 0.3), (3, 6, 0.2)]
     assert json.loads((tmp_path / "best" / "best.json").read_text())["epoch"] == 2
     best = load_file(str(tmp_path / "best" / "model.safetensors"))
