@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cora.engine.trainer import TrainConfig, pad_batch, run_training
+from cora.engine.trainer import TrainConfig, run_training
+from cora.modeling.detector import pad_batch
 from cora.modeling.losses import SetCriterion
 from cora.modeling.matcher import similar_classes
 

@@ -45,7 +45,6 @@ from cora.engine import distributed
 from cora.engine.checkpoint import save_checkpoint
 from cora.fileio import atomic_write, write_json
 
-SIZE_DIVISIBILITY = 32
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -115,17 +114,6 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, world_
     number of processes is left out (some process would have no image)."""
     order = appearance_keys(epoch_indices(num_items, seed, epoch, factors), num_items)
     return [b.tolist() for b in order.split(batch_size) if len(b) >= world_size]
-
-
-def pad_batch(images: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """List of Tensor[3, H_i, W_i] -> (Tensor[B, 3, H, W] zero-padded bottom/right to multiples of 32,
-    Tensor[B, 2] int64 (h, w) sizes)."""
-    hs, ws = [int(i.shape[1]) for i in images], [int(i.shape[2]) for i in images]
-    ph, pw = (-(-max(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in (hs, ws))
-    batch = images[0].new_zeros(len(images), 3, ph, pw)
-    for i, img in enumerate(images):
-        batch[i, :, : img.shape[1], : img.shape[2]] = img
-    return batch, torch.tensor(list(zip(hs, ws)), dtype=torch.int64)
 
 
 # ---- EMA, trainable parameters ---------------------------------------------------------------------------

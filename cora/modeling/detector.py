@@ -173,13 +173,19 @@ class CORA(nn.Module):
             resized.append(F.interpolate(img[None].to(self.device), size=size, mode="bilinear", antialias=True,
                                          align_corners=False)[0].clamp(0, 1))
             originals.append((h, w))
-        hs, ws = [r.shape[1] for r in resized], [r.shape[2] for r in resized]
-        ph, pw = (-(-max(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in (hs, ws))
-        batch = resized[0].new_zeros(len(resized), 3, ph, pw)
-        for i, r in enumerate(resized):
-            batch[i, :, : r.shape[1], : r.shape[2]] = r
-        sizes = torch.tensor(list(zip(hs, ws)), device=batch.device)
+        batch, sizes = pad_batch(resized)
         return batch, sizes, torch.tensor(originals, device=batch.device)
+
+
+def pad_batch(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """B Tensor[3, H_i, W_i] -> (Tensor[B, 3, H, W] zero-padded at the bottom / right to multiples of
+    SIZE_DIVISIBILITY, Tensor[B, 2] int64 (h, w) of each image in pixels), on the images' device."""
+    hs, ws = [int(i.shape[1]) for i in images], [int(i.shape[2]) for i in images]
+    ph, pw = (-(-max(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in (hs, ws))
+    batch = images[0].new_zeros(len(images), 3, ph, pw)
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[1], : img.shape[2]] = img
+    return batch, torch.tensor(list(zip(hs, ws)), dtype=torch.int64, device=batch.device)
 
 
 def padding_mask(image_sizes: Tensor, map_size: tuple[int, int], stride: int) -> Tensor:

@@ -12,8 +12,8 @@ from cora.data.synthetic import write_synthetic
 from cora.data.transforms import Resize, scaled_train_transforms
 from cora.engine.train_localizer import class_dropout_halves, split_classes, train_localizer
 from cora.engine.inference import evaluate_model
-from cora.engine.trainer import TrainConfig, pad_batch
-from cora.modeling.detector import CORA
+from cora.engine.trainer import TrainConfig
+from cora.modeling.detector import CORA, pad_batch
 from cora.modeling.matcher import PerClassHungarianMatcher
 
 
