@@ -49,6 +49,19 @@ def read_rgb(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)  # HWC -> CHW
 
 
+def image_file(image_root: str | os.PathLike, entry: dict, source: str = "the json") -> Path:
+    """An image entry's file: `image_root / file_name`, or (LVIS v1 entries have no file_name) the last two
+    parts of `coco_url`, `<folder>/<file>`, or `<file>` alone when image_root has no such folder."""
+    image_root = Path(image_root)
+    if entry.get("file_name"):
+        return image_root / entry["file_name"]
+    url = str(entry.get("coco_url") or "").rstrip("/")
+    if "/" not in url:
+        raise ValueError(f"{source}: image {entry.get('id')} has neither 'file_name' nor 'coco_url'")
+    folder, name = url.split("/")[-2:]
+    return image_root / folder / name if (image_root / folder).is_dir() else image_root / name
+
+
 class CocoDetection(Dataset):
     """Images and boxes of a COCO instances json, labelled by their index in a vocabulary.
 
@@ -161,12 +174,7 @@ class CocoDetection(Dataset):
         return torch.from_numpy(labels.copy()) if labels is not None else torch.zeros(0, dtype=torch.int64)
 
     def image_path(self, index: int) -> Path:
-        info = self.images[index]
-        if info.get("file_name"):
-            return self.image_root / info["file_name"]
-        if info.get("coco_url"):
-            return self.image_root.joinpath(*info["coco_url"].rstrip("/").split("/")[-2:])
-        raise ValueError(f"{self.ann_file!r}: image {info.get('id')} has neither 'file_name' nor 'coco_url'")
+        return image_file(self.image_root, self.images[index], self.ann_file)
 
     def _extra_target(self, info: dict) -> dict:
         """Hook for subclasses: more target entries from the image's json entry."""

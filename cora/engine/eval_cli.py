@@ -128,14 +128,14 @@ def _find(root: str | None, candidates, what: str, flag: str) -> Path:
 
 
 def _image_root(data: str | None, first: dict) -> Path:
-    from cora.engine.inference import image_path
+    from cora.data.coco import image_file
 
     if data is None:
         raise ValueError("no images: pass --images DIR or --data DIR")
     for rel in DEFAULT_IMAGES:
-        if image_path(Path(data) / rel, first).is_file():
+        if image_file(Path(data) / rel, first).is_file():
             return Path(data) / rel
-    raise FileNotFoundError(f"image {image_path(Path(data), first).name} not found under {data} "
+    raise FileNotFoundError(f"image {image_file(Path(data), first).name} not found under {data} "
                             f"(looked in {', '.join(DEFAULT_IMAGES)}): pass --images DIR")
 
 

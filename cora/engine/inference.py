@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from cora.data.coco import image_file
 from cora.engine import distributed
 from cora.engine import evaluate as ev
 from cora.io import read_image
@@ -33,15 +34,14 @@ def eval_categories(gt: dict, split: str, novel=None, base=None) -> tuple[list[d
     return categories, names, novel_ids
 
 
-def image_path(images_dir: Path, image: dict) -> Path:
-    """An image entry's file: images_dir / file_name, or (LVIS v1, no file_name) <folder>/<file> of coco_url."""
-    if "file_name" in image:
-        return images_dir / image["file_name"]
-    url = str(image.get("coco_url", ""))
-    if "/" not in url:
-        raise ValueError(f"ground-truth image {image['id']} has neither file_name nor coco_url")
-    folder, name = url.split("/")[-2:]
-    return images_dir / folder / name if (images_dir / folder).is_dir() else images_dir / name
+def image_files(images: list[dict], images_dir: str | Path, what: str = "images", hint: str = "") -> list[Path]:
+    """The files of ground-truth image entries (cora.data.coco.image_file); FileNotFoundError naming how many are
+    missing, one of them, and `hint`."""
+    paths = [image_file(images_dir, im) for im in images]
+    if missing := [p for p in paths if not p.is_file()]:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} not found under {images_dir}, e.g. "
+                                f"{missing[0]}{hint}")
+    return paths
 
 
 @torch.no_grad()
@@ -64,9 +64,7 @@ def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=No
     images = sorted(gt["images"], key=lambda im: im["id"])[:limit]
     if not images:
         raise ValueError("the ground truth has no images")
-    paths = [image_path(Path(images_dir), im) for im in images]
-    if missing := [p for p in paths if not p.is_file()]:
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images not found, e.g. {missing[0]}")
+    paths = image_files(images, images_dir)
     device = model.device
     text = model.encode_vocabulary(names) if text_embeddings is None else text_embeddings.to(device)
     if text.shape[0] != len(categories):

@@ -165,7 +165,7 @@ def _evaluator(args, data: Path | None, split: str | None, val_split: str):
     """evaluator(model) -> metrics (process 0) / None, on the validation ground truth."""
     from cora.engine import evaluate as ev
     from cora.engine.eval_cli import _parse_novel
-    from cora.engine.inference import evaluate_model, image_path
+    from cora.engine.inference import evaluate_model, image_files
 
     gt_path = args.val_gt or (data / "instances_val.json" if data else None)
     if gt_path is None:
@@ -173,10 +173,7 @@ def _evaluator(args, data: Path | None, split: str | None, val_split: str):
     gt = ev.load_ground_truth(str(gt_path), val_split)
     novel, base = _parse_novel(split) if val_split == "coco-ovd" and split and split.endswith(".json") else (None, None)
     images = Path(args.val_images or args.images or data)
-    missing = [im for im in gt["images"] if not image_path(images, im).is_file()]
-    if missing:  # now, not after the first epoch
-        raise FileNotFoundError(f"{len(missing)} of {len(gt['images'])} validation images not found under {images}, "
-                                f"e.g. {image_path(images, missing[0])}: pass --val-images")
+    image_files(gt["images"], images, "validation images", ": pass --val-images")  # now, not after an epoch
 
     def evaluator(model):
         result, _ = evaluate_model(model, val_split, gt, images, novel, base, args.eval_batch_size, progress=False)
