@@ -283,7 +283,6 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         write_jsonl(out / "log.jsonl", log)
         write_jsonl(out / "eval.jsonl", evals)
         write_json(out / "train_config.json", dataclasses.asdict(tcfg), indent=2)
-    losses = [r["loss"] for r in log]
     factors = repeat_factors(dataset, tcfg.repeat_factor_threshold) if tcfg.repeat_factor_threshold > 0 else None
     epochs = [epoch_batches(len(dataset), tcfg.batch_size, tcfg.seed, e, world, factors) for e in range(tcfg.epochs)]
     planned = sum(len(b) for b in epochs)
@@ -296,7 +295,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         state = {"step": step, "epoch": epoch, "pos": pos, "best": best, "optimizer": opt.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rngs, "dropout_rng": ctx["dropout_rng"].get_state(),
                  "train_config": dataclasses.asdict(tcfg)}
-        return save_training_checkpoint(out, model, state, ema, losses)
+        return save_training_checkpoint(out, model, state, ema, [r["loss"] for r in log])
 
     def evaluate() -> bool:
         """Scores the EMA weights; True when they are the best so far (process 0)."""
@@ -347,7 +346,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
                 seconds, start = time.perf_counter() - start, time.perf_counter()
                 row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], **terms,
                        "images_per_s": tcfg.batch_size / seconds}
-                log.append(row), losses.append(row["loss"])
+                log.append(row)
                 if main:
                     logf.write(json_line(row)), logf.flush()
                     bar.update(1), bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")

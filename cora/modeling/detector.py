@@ -102,18 +102,11 @@ class CORA(nn.Module):
             "objectness": Tensor[L, B, Q] logits; "classes": Tensor[B, Q] pre-matched class per query;
             "class_logits": Tensor[B, Q, K] region-classifier logits of the last layer's boxes.
         """
-        b, _, h, w = images.shape
-        x = self.backbone.normalize(images)
-        layer3 = self.backbone.features(x)                              # [B, C3, H/16, W/16]
-        layer4 = self.backbone.layer4_map(layer3)                       # [B, C4, H/32, W/32]
-        matched = self.prematcher(layer4, self.localizer.anchors(), image_sizes, (h, w), text_embeddings, class_prior)
-        mask = padding_mask(image_sizes, layer3.shape[-2:], self.backbone.stride)  # [B, H/16, W/16]
-        out = self.localizer(layer3, mask, matched["content_queries"])
+        layer3, out = self._localize(images, image_sizes, [text_embeddings], class_prior)
         sizes = image_sizes.flip(-1).repeat(1, 2).to(layer3.dtype)      # [B, 4] (w, h, w, h)
         boxes_px = cxcywh_to_xyxy(out["boxes"][-1]) * sizes[:, None]    # [B, Q, 4] pixels
         logits = self.region_classifier(layer3, boxes_px.detach(), text_embeddings)
-        return {"boxes": out["boxes"], "objectness": out["objectness"], "classes": matched["classes"],
-                "class_logits": logits.view(b, -1, text_embeddings.shape[0])}
+        return {**out, "class_logits": logits.view(images.shape[0], -1, text_embeddings.shape[0])}
 
     def forward_train(self, images: Tensor, image_sizes: Tensor, text_groups: Sequence[Tensor]) -> dict[str, Tensor]:
         """What training needs, for G vocabularies of one batch (class dropout: G = 2 complementary groups):
@@ -123,15 +116,20 @@ class CORA(nn.Module):
         text_groups: G tensors [K_g, D]. Returns "boxes" Tensor[L, G*B, Q, 4], "objectness" Tensor[L, G*B, Q] and
         "classes" Tensor[G*B, Q] (indices into the row's group), group g of image b at row g * B + b; with G = 1,
         forward's entries of the same names."""
+        return self._localize(images, image_sizes, text_groups)[1]
+
+    def _localize(self, images: Tensor, image_sizes: Tensor, text_groups: Sequence[Tensor],
+                  class_prior: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Backbone, pre-matching per vocabulary group, localizer (encoder once, one batched decoder pass):
+        layer3 Tensor[B, C3, H/16, W/16] and {"boxes", "objectness", "classes"} with G*B rows (forward_train)."""
         _, _, h, w = images.shape
-        layer3 = self.backbone.features(self.backbone.normalize(images))
-        layer4 = self.backbone.layer4_map(layer3)
+        layer3 = self.backbone.features(self.backbone.normalize(images))              # [B, C3, H/16, W/16]
+        layer4 = self.backbone.layer4_map(layer3)                                     # [B, C4, H/32, W/32]
         anchors = self.localizer.anchors()
-        matched = [self.prematcher(layer4, anchors, image_sizes, (h, w), text, None) for text in text_groups]
-        mask = padding_mask(image_sizes, layer3.shape[-2:], self.backbone.stride)
-        encoded = self.localizer.encode(layer3, mask)
-        out = self.localizer.decode(encoded, torch.cat([m["content_queries"] for m in matched]))
-        return {**out, "classes": torch.cat([m["classes"] for m in matched])}
+        matched = [self.prematcher(layer4, anchors, image_sizes, (h, w), text, class_prior) for text in text_groups]
+        mask = padding_mask(image_sizes, layer3.shape[-2:], self.backbone.stride)     # [B, H/16, W/16]
+        out = self.localizer(layer3, mask, torch.cat([m["content_queries"] for m in matched]))
+        return layer3, {**out, "classes": torch.cat([m["classes"] for m in matched])}
 
     @torch.no_grad()
     def detect(self, images: Tensor | Sequence[Tensor], vocabulary: str | Sequence[str] | None = None,

@@ -323,40 +323,31 @@ class DABLocalizer(nn.Module):
             mask: Tensor[B, h, w] bool, True on padding (each image's valid cells are a top-left block and
                 at least one cell is valid).
             content_queries: Tensor[B, Q, hidden_dim] pre-matched content queries (Q = num_queries, in
-                `query_embed` order).
+                `query_embed` order); or Tensor[G*B, Q, hidden_dim], G query sets per image (set g of image b
+                at row g * B + b) decoded against the same encoder output (class dropout's two vocabulary
+                groups: the encoder runs once).
 
         Returns:
             dict with
-            - "boxes": Tensor[L, B, Q, 4] (L = num_decoder_layers) normalised cxcywh in (0, 1), relative to
+            - "boxes": Tensor[L, G*B, Q, 4] (L = num_decoder_layers) normalised cxcywh in (0, 1), relative to
               each image's un-padded extent (the positional encoding only counts valid cells), one entry
               per decoder layer (the last is the final prediction);
-            - "objectness": Tensor[L, B, Q] class-agnostic objectness logits per decoder layer.
+            - "objectness": Tensor[L, G*B, Q] class-agnostic objectness logits per decoder layer.
         """
         self._check_inputs(features, mask, content_queries)
-        return self.decode(self.encode(features, mask), content_queries)
-
-    def encode(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """The encoder half of forward (same arguments): "memory" Tensor[S, B, d] (S = h * w), "pos" Tensor[S, B, d],
-        "key_padding_mask" Tensor[B, S]."""
         src = self.input_proj[0](features)  # [B, d, h, w]
         pos = sine_position_embedding(mask, self.hidden_dim // 2, PE_TEMPERATURE).to(src.dtype)  # [B, d, h, w]
         src = src.flatten(2).permute(2, 0, 1)  # [B, d, h, w] -> [S, B, d]
         pos = pos.flatten(2).permute(2, 0, 1)  # [B, d, h, w] -> [S, B, d]
         key_padding_mask = mask.flatten(1)  # [B, S]
-        return {"memory": self.transformer.encoder(src, key_padding_mask, pos), "pos": pos,
-                "key_padding_mask": key_padding_mask}
+        memory = self.transformer.encoder(src, key_padding_mask, pos)
 
-    def decode(self, encoded: dict[str, Tensor], content_queries: Tensor) -> dict[str, Tensor]:
-        """The decoder half of forward: `encoded` from encode() for B images, content_queries Tensor[G*B, Q, d]:
-        G query sets per image, set g of image b at row g * B + b, decoded against the same encoder output
-        (class dropout decodes two vocabulary groups of one batch). Returns forward's dict with G*B rows."""
-        batch = encoded["key_padding_mask"].shape[0]
-        groups = content_queries.shape[0] // batch
-        if groups < 1 or content_queries.shape[0] != groups * batch:
-            raise ValueError(f"content_queries must be Tensor[G*{batch}, Q, d], got {list(content_queries.shape)}")
-        memory, pos, key_padding_mask = (encoded["memory"].repeat(1, groups, 1), encoded["pos"].repeat(1, groups, 1),
-                                         encoded["key_padding_mask"].repeat(groups, 1))
-        anchors = self.anchors().unsqueeze(1).expand(-1, groups * batch, -1)  # [Q, 4] -> [Q, G*B, 4]
+        rows = content_queries.shape[0]  # G * B
+        groups = rows // features.shape[0]
+        if groups > 1:  # every group decodes against the same encoder output
+            memory, pos, key_padding_mask = (memory.repeat(1, groups, 1), pos.repeat(1, groups, 1),
+                                             key_padding_mask.repeat(groups, 1))
+        anchors = self.anchors().unsqueeze(1).expand(-1, rows, -1)  # [Q, 4] -> [Q, G*B, 4]
         tgt = content_queries.transpose(0, 1)  # [G*B, Q, d] -> [Q, G*B, d]
         hidden, references = self.transformer.decoder(tgt, memory, key_padding_mask, pos, anchors, self.bbox_embed)
         hidden = hidden.transpose(1, 2)  # [L, Q, G*B, d] -> [L, G*B, Q, d]
@@ -374,11 +365,12 @@ class DABLocalizer(nn.Module):
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (b, h, w):
             got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"mask must be a bool Tensor[{b}, {h}, {w}] (True = padding), got {got}")
-        expected = (b, self.num_queries, self.hidden_dim)
-        if not isinstance(content_queries, Tensor) or tuple(content_queries.shape) != expected:
-            got = list(content_queries.shape) if isinstance(content_queries, Tensor) else type(content_queries).__name__
+        shape = tuple(content_queries.shape) if isinstance(content_queries, Tensor) else None
+        if shape is None or len(shape) != 3 or shape[1:] != (self.num_queries, self.hidden_dim) \
+                or shape[0] < b or shape[0] % b:
+            got = list(shape) if shape is not None else type(content_queries).__name__
             raise ValueError(f"content_queries must be Tensor[{b}, {self.num_queries}, {self.hidden_dim}] "
-                             f"(B, num_queries, hidden_dim), got {got}")
+                             f"(B, num_queries, hidden_dim), or G*B rows for G query sets, got {got}")
 
 
 def map_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
