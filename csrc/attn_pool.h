@@ -25,6 +25,18 @@ at::Tensor prompted_attn_pool_forward(
     const at::Tensor& v_proj_weight, const at::Tensor& v_proj_bias, const at::Tensor& c_proj_weight,
     const at::Tensor& c_proj_bias, int64_t num_heads, AttendFn attend);
 
+// The op's kernel for one device: the forward above with that device's attention step (its registration:
+// m.impl("prompted_attn_pool", &prompted_attn_pool_with<&attend_cpu>)).
+template <AttendFn attend>
+at::Tensor prompted_attn_pool_with(
+    const at::Tensor& x, const at::Tensor& positional_embedding, const std::optional<at::Tensor>& prompt,
+    const at::Tensor& q_proj_weight, const at::Tensor& q_proj_bias, const at::Tensor& k_proj_weight,
+    const at::Tensor& v_proj_weight, const at::Tensor& v_proj_bias, const at::Tensor& c_proj_weight,
+    const at::Tensor& c_proj_bias, int64_t num_heads) {
+  return prompted_attn_pool_forward(x, positional_embedding, prompt, q_proj_weight, q_proj_bias, k_proj_weight,
+                                    v_proj_weight, v_proj_bias, c_proj_weight, c_proj_bias, num_heads, attend);
+}
+
 // Gradients with respect to (x, positional_embedding, prompt); the last is empty without a prompt.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prompted_attn_pool_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& positional_embedding,

@@ -290,20 +290,10 @@ void attend_cuda(const at::Tensor& keys, const at::Tensor& x, const at::Tensor& 
   });
 }
 
-at::Tensor prompted_attn_pool_cuda(
-    const at::Tensor& x, const at::Tensor& positional_embedding, const std::optional<at::Tensor>& prompt,
-    const at::Tensor& q_proj_weight, const at::Tensor& q_proj_bias, const at::Tensor& k_proj_weight,
-    const at::Tensor& v_proj_weight, const at::Tensor& v_proj_bias, const at::Tensor& c_proj_weight,
-    const at::Tensor& c_proj_bias, int64_t num_heads) {
-  return prompted_attn_pool_forward(x, positional_embedding, prompt, q_proj_weight, q_proj_bias, k_proj_weight,
-                                    v_proj_weight, v_proj_bias, c_proj_weight, c_proj_bias, num_heads,
-                                    &attend_cuda);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cora, CUDA, m) {
-  m.impl("prompted_attn_pool", &prompted_attn_pool_cuda);
+  m.impl("prompted_attn_pool", &prompted_attn_pool_with<&attend_cuda>);
 }
 
 }  // namespace cora
