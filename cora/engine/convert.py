@@ -48,15 +48,21 @@ def convert_official(localizer_path: str | Path, prompt_path: str | Path,
     used = set(localizer) | {k for k in official if k.startswith(("text_proj.", "transformer.decoder.bbox_embed."))}
     unused = sorted(k for k in official if k not in used and not k.startswith(FROZEN_PREFIXES))
 
-    prompt = load_official_file(prompt_path)
+    state["region_prompt"] = load_prompt_file(prompt_path)
+    return state, unused
+
+
+def load_prompt_file(path: str | Path) -> Tensor:
+    """A region-prompt file (the official release's, or `cora train-prompt`'s prompt.pth: {PROMPT_KEY: tensor},
+    or the tensor alone) -> Tensor[S*S+1, C] or Tensor[S, S, C], for `RegionClassifier.load_prompt`."""
+    prompt = load_official_file(path)
     if isinstance(prompt, dict):
         if PROMPT_KEY not in prompt:
-            raise ValueError(f"{prompt_path}: expected the key {PROMPT_KEY!r}, got {sorted(prompt)[:10]}")
+            raise ValueError(f"{path}: expected the key {PROMPT_KEY!r}, got {sorted(prompt)[:10]}")
         prompt = prompt[PROMPT_KEY]
     if not isinstance(prompt, Tensor) or prompt.dim() not in (2, 3):
-        raise ValueError(f"{prompt_path}: expected Tensor[S*S+1, C] or Tensor[S, S, C], got {type(prompt).__name__}")
-    state["region_prompt"] = prompt
-    return state, unused
+        raise ValueError(f"{path}: expected Tensor[S*S+1, C] or Tensor[S, S, C], got {type(prompt).__name__}")
+    return prompt
 
 
 def convert_to_checkpoint(localizer_path, prompt_path, cfg, out_dir, use_ema: bool = True) -> list[str]:

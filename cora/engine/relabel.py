@@ -210,8 +210,8 @@ def add_relabel_parser(sub) -> None:
 def run_relabel(args: argparse.Namespace) -> int:
     from cora.cli import CLIError, build_model
     from cora.config import apply_overrides, get_preset
-    from cora.engine.checkpoint import load_checkpoint, load_official_file
-    from cora.engine.convert import PROMPT_KEY
+    from cora.engine.checkpoint import load_checkpoint
+    from cora.engine.convert import load_prompt_file
     from cora.fileio import write_json
 
     try:
@@ -233,8 +233,7 @@ def run_relabel(args: argparse.Namespace) -> int:
         model = build_model(cfg, state, args.clip_weights, args.random_init,
                             args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if args.prompt:
-            prompt = load_official_file(args.prompt)
-            model.region_classifier.load_prompt(prompt[PROMPT_KEY] if isinstance(prompt, dict) else prompt)
+            model.region_classifier.load_prompt(load_prompt_file(args.prompt))
         result, stats = relabel_annotations(model, dataset, batch_size=args.batch_size, min_score=args.min_score,
                                             progress=not args.no_progress)
         stats.update(ann_file=str(ann_file), checkpoint=args.checkpoint, prompt=args.prompt,
@@ -250,10 +249,3 @@ def run_relabel(args: argparse.Namespace) -> int:
     print(f"{stats['changed']} of {stats['classified']} classified boxes changed category ({share:.1f}%), "
           f"{stats['skipped']} skipped{low}; wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":  # python -m cora.engine.relabel relabel ... (until the lead wires cora/cli.py)
-    parser = argparse.ArgumentParser(prog="cora")
-    add_relabel_parser(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args()
-    sys.exit(a.run(a))

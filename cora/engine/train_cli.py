@@ -115,8 +115,8 @@ def run_train(args: argparse.Namespace) -> int:
     from cora.data.lvis import build_lvis_dataset
     from cora.data.transforms import scaled_train_transforms
     from cora.engine import distributed
-    from cora.engine.checkpoint import load_checkpoint, load_into, load_official_file
-    from cora.engine.convert import PROMPT_KEY
+    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.engine.convert import load_prompt_file
     from cora.engine.train_localizer import train_localizer
     from cora.engine.train_prompt import train_prompt
     from cora.engine.trainer import TrainConfig
@@ -137,8 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
             state, _ = load_checkpoint(args.init)
             load_into(model, state)
         if args.prompt:
-            prompt = load_official_file(args.prompt)
-            model.region_classifier.load_prompt(prompt[PROMPT_KEY] if isinstance(prompt, dict) else prompt)
+            model.region_classifier.load_prompt(load_prompt_file(args.prompt))
         model.to(info.device)
         val_split = "lvis" if args.lvis else "coco-ovd"
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
