@@ -72,7 +72,7 @@ def localizer_step(model, images, targets, text, ctx) -> tuple[Tensor, dict[str,
     tcfg = ctx["tcfg"]
     batch, sizes = pad_batch(images)
     batch, sizes = batch.to(model.device), sizes.to(model.device)
-    halves = class_dropout_halves(targets, text.shape[0], tcfg.class_dropout, ctx["dropout_rng"])
+    halves = class_dropout_halves(targets, text.shape[0], tcfg.class_dropout, ctx["step_rng"])
     groups = [keep.to(text.device) for keep, _ in halves]
     out = model.forward_train(batch, sizes, [text[keep] for keep in groups])
     # Each half's classes index its own group: back to vocabulary indices, so that one index is one class in

@@ -80,14 +80,13 @@ def sample_vocabulary(labels: Tensor, num_classes: int, size: int, generator: to
 
 def prompt_step(model, images, targets, text, ctx) -> tuple[Tensor, dict[str, float]]:
     """One stage-1 iteration. With `ctx["tcfg"].sampled_classes` > 0 the cross-entropy is over a sampled class
-    subset (`sample_vocabulary`), drawn with ctx["dropout_rng"]: the loop's per-iteration generator, seeded
-    from tcfg.seed, saved in each checkpoint and restored on resume, so a resumed run draws the classes an
-    uninterrupted one does (stage 1 has no class dropout by default; with it, both draw from the generator in
-    a fixed order, as deterministic)."""
+    subset (`sample_vocabulary`), drawn with ctx["step_rng"]: the loop's generator for per-step draws (class
+    sampling, class dropout), seeded from tcfg.seed and saved in each checkpoint, so a resumed run draws the
+    classes an uninterrupted one does."""
     size = ctx["tcfg"].sampled_classes
     if size > 0:
         labels = torch.cat([t["labels"] for t in targets])
-        classes, local = sample_vocabulary(labels, text.shape[0], size, ctx["dropout_rng"])
+        classes, local = sample_vocabulary(labels, text.shape[0], size, ctx["step_rng"])
         text = text[classes.to(text.device)]
         local = local.split([len(t["labels"]) for t in targets])
         targets = [{**t, "labels": lb} for t, lb in zip(targets, local)]

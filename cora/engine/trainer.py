@@ -257,7 +257,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
     if text_embeddings is None:
         text_embeddings = model.encode_vocabulary(list(dataset.vocabulary))
     text = text_embeddings.detach().to(model.device)
-    ctx = {**ctx, "tcfg": tcfg, "dropout_rng": torch.Generator().manual_seed(tcfg.seed + 1)}
+    ctx = {**ctx, "tcfg": tcfg, "step_rng": torch.Generator().manual_seed(tcfg.seed + 1)}
     ema = EMA(trainable, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
     step, epoch, pos, best = 0, 0, 0, None
     torch.manual_seed(tcfg.seed + rank)
@@ -275,7 +275,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         if ema is not None:
             ema.shadow = {k: st["ema"].get(k, v).clone() for k, v in ema.shadow.items()}
         torch.set_rng_state(st["rng"][rank])
-        ctx["dropout_rng"].set_state(st["dropout_rng"])
+        ctx["step_rng"].set_state(st["step_rng"])
         step, epoch, pos, best = st["step"], st["epoch"], st["pos"], st["best"]
     log = read_jsonl(out / "log.jsonl", step) if main else []
     evals = read_jsonl(out / "eval.jsonl", step) if main else []
@@ -293,7 +293,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         if not main:
             return None
         state = {"step": step, "epoch": epoch, "pos": pos, "best": best, "optimizer": opt.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rngs, "dropout_rng": ctx["dropout_rng"].get_state(),
+                 "scaler": scaler.state_dict(), "rng": rngs, "step_rng": ctx["step_rng"].get_state(),
                  "train_config": dataclasses.asdict(tcfg)}
         return save_training_checkpoint(out, model, state, ema, [r["loss"] for r in log])
 

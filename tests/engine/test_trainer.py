@@ -43,7 +43,7 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_loss(data):
     model = tiny_model()
     text = model.encode_vocabulary(list(data.vocabulary))
     images, targets = zip(*[data[i] for i in range(4)])
-    ctx = {"tcfg": TrainConfig(class_dropout=0.0), "dropout_rng": torch.Generator(), "criterion": SetCriterion()}
+    ctx = {"tcfg": TrainConfig(class_dropout=0.0), "step_rng": torch.Generator(), "criterion": SetCriterion()}
     ref, _ = localizer_step(model, list(images), list(targets), text, ctx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp, terms = localizer_step(model, list(images), list(targets), text, ctx)
