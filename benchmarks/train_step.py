@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 from benchmarks.common import format_table, machine_info, measure, write_json  # noqa: E402
 from cora.config import apply_overrides, get_preset  # noqa: E402
 from cora.engine.train_localizer import LOCALIZER_PREFIXES  # noqa: E402
+from cora.engine.trainer import freeze_except  # noqa: E402
 from cora.modeling.detector import CORA  # noqa: E402
 
 
@@ -45,8 +46,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset(args.preset), [f"localizer.num_queries={args.queries}"])
     model = CORA.from_config(cfg, random_init=True).to(args.device)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(LOCALIZER_PREFIXES))
+    freeze_except(model, LOCALIZER_PREFIXES)
     model.train()
     model.backbone.eval()
     h, w = args.image_size
