@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from cora.modeling.detector import padding_mask
 from cora.modeling.localizer import PE_TEMPERATURE, DABLocalizer, inverse_sigmoid
 from cora.modeling.position_encoding import sine_position_embedding
-from cora.modeling.postprocess import cxcywh_to_xyxy
+from cora.modeling.scoring import cxcywh_to_xyxy
 
 OVDETR_CLASSES_PER_PASS = 15    # `--max_len 15` / `num_patch = 15` in OV-DETR
 OVDETR_MAX_DETECTIONS = 300     # `OVPostProcess`: top 300 over all chunks

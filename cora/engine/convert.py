@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from cora.engine.checkpoint import load_official_file
+from cora.checkpoint import load_official_file
 from cora.modeling.localizer import map_official_state_dict
 
 PROMPT_KEY = "attnpool.positional_embedding"
@@ -70,7 +70,7 @@ def convert_to_checkpoint(localizer_path, prompt_path, cfg, out_dir, use_ema: bo
 
     Raises ValueError naming the missing keys if the release does not fill the model of `cfg`.
     """
-    from cora.engine.checkpoint import load_into, save_checkpoint
+    from cora.checkpoint import load_into, save_checkpoint
     from cora.modeling.detector import CORA
 
     state, unused = convert_official(localizer_path, prompt_path, use_ema)

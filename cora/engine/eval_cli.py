@@ -146,7 +146,7 @@ def _run_model(args, gt: dict, novel, base) -> tuple[dict, dict]:
     from cora.cli import build_model
     from cora.config import apply_overrides, config_to_dict, get_preset
     from cora.engine import evaluate as ev
-    from cora.engine.checkpoint import load_checkpoint
+    from cora.checkpoint import load_checkpoint
     from cora.engine.inference import evaluate_model
 
     if not gt["images"]:

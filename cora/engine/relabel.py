@@ -210,7 +210,7 @@ def add_relabel_parser(sub) -> None:
 def run_relabel(args: argparse.Namespace) -> int:
     from cora.cli import CLIError, build_model
     from cora.config import apply_overrides, get_preset
-    from cora.engine.checkpoint import load_checkpoint
+    from cora.checkpoint import load_checkpoint
     from cora.engine.convert import load_prompt_file
     from cora.fileio import write_json
 

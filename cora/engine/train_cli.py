@@ -115,7 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cora.data.lvis import build_lvis_dataset
     from cora.data.transforms import scaled_train_transforms
     from cora.engine import distributed
-    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.checkpoint import load_checkpoint, load_into
     from cora.engine.convert import load_prompt_file
     from cora.engine.train_localizer import train_localizer
     from cora.engine.train_prompt import train_prompt

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cora.engine.trainer import TrainConfig, run_training
-from cora.modeling.detector import pad_batch
+from cora.preprocess import pad_batch
 from cora.modeling.losses import SetCriterion
 from cora.modeling.matcher import similar_classes
 

@@ -23,7 +23,7 @@ from cora.engine import distributed
 from cora.engine.convert import PROMPT_KEY
 from cora.engine.trainer import TrainConfig, run_training
 from cora.fileio import atomic_write
-from cora.modeling.detector import pad_batch
+from cora.preprocess import pad_batch
 from cora.modeling.losses import average_num_boxes
 
 PROMPT_PREFIXES = ("region_classifier.pool.prompt",)

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cora.data.sampling import appearance_keys, epoch_indices, repeat_factors
 from cora.engine import distributed
-from cora.engine.checkpoint import save_checkpoint
+from cora.checkpoint import save_checkpoint
 from cora.fileio import atomic_write, write_json
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

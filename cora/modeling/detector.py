@@ -8,7 +8,7 @@ Data flow for a batch of padded images [B, 3, H, W] (RGB in [0, 1]) and a vocabu
         matched to its most similar class, content query = MLP(text embedding of that class)
     localizer: one decoder pass for all classes         boxes [L, B, Q, 4], objectness [L, B, Q]
     region classifier on the final boxes                 class logits [B, Q, K]
-    postprocess: every box x every class, per-class NMS, top M
+    scoring (cora.modeling.scoring): every box x every class, per-class NMS, top M per image
 
 Cost is flat in K apart from the two cosine products (see benchmarks/vocab_scaling.py).
 """
@@ -18,23 +18,22 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cora.config import CORAConfig
 from cora.modeling.backbone import build_backbone
 from cora.modeling.localizer import DABLocalizer
-from cora.modeling.postprocess import cxcywh_to_xyxy, postprocess
+from cora.modeling.scoring import boxes_to_pixels, detections
 from cora.modeling.prematch import AnchorPreMatcher
 from cora.modeling.region_classifier import RegionClassifier
-from cora.modeling.text import TextEmbedder, load_vocabulary
-
-SIZE_DIVISIBILITY = 32  # layer4 stride: padded sizes are multiples of it
-
+from cora.modeling.text import TextEmbedder
+from cora.preprocess import letterbox, to_original
+from cora.vocabulary import load_vocabulary
 
 class CORA(nn.Module):
-    """forward(images, image_sizes, text_embeddings, class_prior=None) -> dict (training and export);
-    detect(images, vocabulary or text_embeddings, class_prior=None) -> detections (inference)."""
+    """forward(images, image_sizes, text_embeddings, class_prior=None) -> padded detections (the exported graph);
+    predict_raw(same) -> the raw outputs; forward_train (training); detect(images, vocabulary or
+    text_embeddings, class_prior=None) -> detections per image in original pixels (inference)."""
 
     def __init__(self, cfg: CORAConfig, backbone, clip_model, text_embedder: TextEmbedder | None = None):
         super().__init__()
@@ -59,7 +58,7 @@ class CORA(nn.Module):
     def from_config(cls, cfg: CORAConfig, clip_weights: str | None = None, random_init: bool = False,
                     text_cache_dir: str | None = None) -> "CORA":
         """CLIP weights: `clip_weights` (a local file), else the config's open_clip tag, else (with
-        `random_init`) random. Learned CORA weights are loaded separately (cora.engine.checkpoint)."""
+        `random_init`) random. Learned CORA weights are loaded separately (cora.checkpoint)."""
         import open_clip
 
         pretrained = None if (random_init or clip_weights) else cfg.backbone.pretrained
@@ -90,21 +89,36 @@ class CORA(nn.Module):
         return self.localizer.anchors().device
 
     def forward(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
-                class_prior: Tensor | None = None) -> dict[str, Tensor]:
-        """
+                class_prior: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The detection graph: what `detect`, evaluation, the ONNX / TensorRT export and the runtimes run.
+
         Args:
-            images: Tensor[B, 3, H, W] RGB in [0, 1], padded at the bottom/right; H, W multiples of 32.
-            image_sizes: Tensor[B, 2] (h, w) of the un-padded images in pixels.
-            text_embeddings: Tensor[K, D] L2-normalised class embeddings.
-            class_prior: optional Tensor[K] multiplying the pre-matching probabilities.
+            images: Tensor[B, 3, H, W] RGB in [0, 1], zero-padded at the bottom / right (cora.preprocess).
+            image_sizes: Tensor[B, 2] int64 (h, w) of each un-padded image in pixels, 1 <= h <= H, 1 <= w <= W.
+            text_embeddings: Tensor[K, D] L2-normalised class embeddings (K >= 1).
+            class_prior: optional Tensor[K] multiplying the pre-matching probabilities (None: ones).
+        Returns (M = cfg.inference.max_detections):
+            boxes Tensor[B, M, 4] xyxy pixels of the un-padded image (clipped to it), scores Tensor[B, M]
+            descending, labels Tensor[B, M] int64 class indices; empty slots: box 0, score 0, label -1.
+        """
+        out = self.predict_raw(images, image_sizes, text_embeddings, class_prior)
+        ic = self.cfg.inference
+        boxes = boxes_to_pixels(out["boxes"][-1], image_sizes)                       # [B, Q, 4] clipped
+        return detections(out["class_logits"], out["objectness"][-1], boxes, score_threshold=ic.score_threshold,
+                          nms_iou=ic.nms_iou, max_detections=ic.max_detections, pre_nms_topk=ic.pre_nms_topk)
+
+    def predict_raw(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
+                    class_prior: Tensor | None = None) -> dict[str, Tensor]:
+        """`forward` before scoring (arguments as there).
+
         Returns a dict:
             "boxes": Tensor[L, B, Q, 4] normalised cxcywh (relative to the un-padded image), per decoder layer;
             "objectness": Tensor[L, B, Q] logits; "classes": Tensor[B, Q] pre-matched class per query;
             "class_logits": Tensor[B, Q, K] region-classifier logits of the last layer's boxes.
         """
         layer3, out = self._localize(images, image_sizes, [text_embeddings], class_prior)
-        sizes = image_sizes.flip(-1).repeat(1, 2).to(layer3.dtype)      # [B, 4] (w, h, w, h)
-        boxes_px = cxcywh_to_xyxy(out["boxes"][-1]) * sizes[:, None]    # [B, Q, 4] pixels
+        # The region classifier sees the decoded boxes unclipped (RoIAlign zero-fills outside the map).
+        boxes_px = boxes_to_pixels(out["boxes"][-1], image_sizes, clip=False)        # [B, Q, 4] pixels
         logits = self.region_classifier(layer3, boxes_px.detach(), text_embeddings)
         return {**out, "class_logits": logits.view(images.shape[0], -1, text_embeddings.shape[0])}
 
@@ -132,13 +146,13 @@ class CORA(nn.Module):
         return layer3, {**out, "classes": torch.cat([m["classes"] for m in matched])}
 
     @torch.no_grad()
-    def detect(self, images: Tensor | Sequence[Tensor], vocabulary: str | Sequence[str] | None = None,
-               text_embeddings: Tensor | None = None, class_prior: Tensor | None = None) -> list[dict[str, Tensor]]:
+    def detect(self, images, vocabulary: str | Sequence[str] | None = None, text_embeddings: Tensor | None = None,
+               class_prior: Tensor | None = None) -> list[dict[str, Tensor]]:
         """Detections per image, boxes xyxy in the input images' pixels.
 
-        images: Tensor[B, 3, H, W] or a list of Tensor[3, H_i, W_i], RGB float in [0, 1].
+        images: Tensor[B, 3, H, W] or a list of Tensor[3, H_i, W_i], RGB float in [0, 1] (numpy works too).
         Give the vocabulary (names) or its text_embeddings [K, D]. Returns B dicts with "boxes" [M, 4],
-        "scores" [M], "labels" [M] (indices into the vocabulary).
+        "scores" [M], "labels" [M] (indices into the vocabulary), by decreasing score.
         """
         if (vocabulary is None) == (text_embeddings is None):
             raise ValueError("give exactly one of vocabulary (class names) and text_embeddings [K, D]")
@@ -147,43 +161,15 @@ class CORA(nn.Module):
         if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
             raise ValueError(f"text_embeddings must be Tensor[K, D] with K >= 1, got {list(text_embeddings.shape)}")
         batch, sizes, originals = self.preprocess(images)
-        out = self.forward(batch, sizes, text_embeddings.to(batch), class_prior)
+        prior = None if class_prior is None else class_prior.to(batch)
+        boxes, scores, labels = self.forward(batch, sizes, text_embeddings.to(batch), prior)
+        return to_original(boxes, scores, labels, sizes, originals)
+
+    def preprocess(self, images) -> tuple[Tensor, Tensor, Tensor]:
+        """`cora.preprocess.letterbox` with this model's resize sizes, on its device: the batch [B, 3, H, W],
+        the resized sizes [B, 2] and the original sizes [B, 2] (h, w)."""
         ic = self.cfg.inference
-        return postprocess(out["class_logits"], out["objectness"][-1], out["boxes"][-1], originals,
-                           ic.score_threshold, ic.nms_iou, ic.max_detections, ic.pre_nms_topk)
-
-    def preprocess(self, images: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Resize (shorter side min_size, longer <= max_size), pad to a multiple of 32.
-
-        Returns the batch [B, 3, H, W], the resized sizes [B, 2] and the original sizes [B, 2] (h, w).
-        """
-        if isinstance(images, Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"images must be Tensor[B, 3, H, W] or a list of Tensor[3, H, W], got {list(images.shape)}")
-            images = list(images)
-        resized, originals = [], []
-        for i, img in enumerate(images):
-            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
-                raise ValueError(f"images[{i}] must be a float Tensor[3, H, W] in [0, 1], got {getattr(img, 'shape', type(img))}")
-            h, w = img.shape[-2:]
-            scale = min(self.cfg.inference.min_size / min(h, w), self.cfg.inference.max_size / max(h, w))
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            resized.append(F.interpolate(img[None].to(self.device), size=size, mode="bilinear", antialias=True,
-                                         align_corners=False)[0].clamp(0, 1))
-            originals.append((h, w))
-        batch, sizes = pad_batch(resized)
-        return batch, sizes, torch.tensor(originals, device=batch.device)
-
-
-def pad_batch(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """B Tensor[3, H_i, W_i] -> (Tensor[B, 3, H, W] zero-padded at the bottom / right to multiples of
-    SIZE_DIVISIBILITY, Tensor[B, 2] int64 (h, w) of each image in pixels), on the images' device."""
-    hs, ws = [int(i.shape[1]) for i in images], [int(i.shape[2]) for i in images]
-    ph, pw = (-(-max(v) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for v in (hs, ws))
-    batch = images[0].new_zeros(len(images), 3, ph, pw)
-    for i, img in enumerate(images):
-        batch[i, :, : img.shape[1], : img.shape[2]] = img
-    return batch, torch.tensor(list(zip(hs, ws)), dtype=torch.int64, device=batch.device)
+        return letterbox(images, ic.min_size, ic.max_size, device=self.device)
 
 
 def padding_mask(image_sizes: Tensor, map_size: tuple[int, int], stride: int) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
 from cora.modeling.matcher import PerClassHungarianMatcher
-from cora.modeling.postprocess import cxcywh_to_xyxy
+from cora.modeling.scoring import cxcywh_to_xyxy
 
 LOSS_TERMS = ("objectness", "bbox", "giou")
 

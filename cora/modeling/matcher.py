@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou
 
-from cora.modeling.postprocess import cxcywh_to_xyxy
+from cora.modeling.scoring import cxcywh_to_xyxy
 from cora.ops.linear_assignment import batched_linear_assignment, per_class_blocks
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from cora.modeling.mlp import MLP
-from cora.modeling.postprocess import class_probabilities, cxcywh_to_xyxy
+from cora.modeling.scoring import class_probabilities, cxcywh_to_xyxy
 from cora.modeling.region_classifier import cosine_logits
 from cora.ops import PromptedAttentionPool, roi_align
 from cora.ops._utils import batched_boxes_to_rois, is_tracing

@@ -83,7 +83,7 @@ class RegionClassifier(nn.Module):
 
         Returns:
             Tensor[sum N_i, K] logits, float32 (float64 for float64 features). Softmax with a
-            background logit of 0 (see `cora.modeling.postprocess`) gives class probabilities.
+            background logit of 0 (see `cora.modeling.scoring`) gives class probabilities.
         """
         embeddings = self.region_embeddings(features, boxes)  # [N, D]
         return cosine_logits(embeddings, text_embeddings, self.temperature, self.backbone.embed_dim)

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cora.runtime.preprocess import ExportedDetector, missing_image_sizes, read_metadata
+from cora.runtime.base import ExportedDetector, read_metadata
+from cora.vocabulary import IMAGENET_TEMPLATES, TOKENIZER
 
 
 def default_providers() -> list[str]:
@@ -42,7 +43,7 @@ def _session(path, providers):
 
 
 class OnnxDetector(ExportedDetector):
-    """An exported detector (export/to_onnx.py) under ONNX Runtime, with `CORA.detect`'s API.
+    """An exported detector (`cora export`) under ONNX Runtime, with `CORA.detect`'s API.
 
     Args:
         path: the .onnx file (its `<path>.json` sidecar, or the copy in the model's metadata, gives the
@@ -59,8 +60,6 @@ class OnnxDetector(ExportedDetector):
         if "images" not in inputs or "class_prior" not in inputs:
             raise ValueError(f"{path!r} is not a CORA detector export: inputs {sorted(inputs)}, expected images, "
                              "image_sizes, [text_embeddings,] class_prior")
-        if "image_sizes" not in inputs:
-            raise ValueError(missing_image_sizes(path, list(inputs)))
         self.input_names = list(inputs)
         h, w = inputs["images"].shape[2:]
         self.image_size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
@@ -71,9 +70,9 @@ class OnnxDetector(ExportedDetector):
             self.embed_dim = int(self.meta.get("embed_dim", 0))
             k = inputs["class_prior"].shape[0]
             self.vocabulary = list(self.meta.get("vocabulary") or [f"class_{i}" for i in range(k)])
-        pre = self.meta.get("preprocess", {})
-        self.min_size = int(min_size or pre.get("min_size", 800))
-        self.max_size = int(max_size or pre.get("max_size", 1333))
+        pre = self.meta["preprocess"]
+        self.min_size = int(min_size or pre["min_size"])
+        self.max_size = int(max_size or pre["max_size"])
         self.device = "cpu"
         self._set_text_encoder(text_encoder)
 
@@ -90,7 +89,7 @@ class OnnxTextEncoder:
     L2-normalised (in the graph), averaged over templates, re-normalised.
 
     Args:
-        path: the text-encoder .onnx (export/to_onnx.py --text-encoder).
+        path: the text-encoder .onnx (`cora export --text-encoder`).
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
         templates: prompt templates with one "{}" (default: the export's, else OpenAI's 80 ImageNet ones).
         batch_size: prompts per run.
@@ -104,15 +103,11 @@ class OnnxTextEncoder:
         if [i.name for i in self.session.get_inputs()] != ["tokens"]:
             raise ValueError(f"{path!r} is not a CORA text-encoder export (expected one input 'tokens')")
         if templates is None:
-            templates = meta.get("templates")
-        if templates is None:
-            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-            templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+            templates = meta.get("templates") or IMAGENET_TEMPLATES
         self.templates = list(templates)
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ValueError("templates must be a non-empty list of strings with one '{}' each")
-        self.tokenizer = open_clip.get_tokenizer("RN50")  # all CLIP ResNets share OpenAI's BPE tokenizer
+        self.tokenizer = open_clip.get_tokenizer(TOKENIZER)
         self.batch_size = int(batch_size)
 
     def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:

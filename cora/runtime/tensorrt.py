@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from cora.runtime.preprocess import ExportedDetector, missing_image_sizes, read_metadata
+from cora.runtime.base import ExportedDetector, read_metadata
 
 
 class TensorRTDetector(ExportedDetector):
@@ -50,8 +50,6 @@ class TensorRTDetector(ExportedDetector):
         self.meta = read_metadata(path)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if "image_sizes" not in self.inputs:
-            raise ValueError(missing_image_sizes(path, self.inputs) + " and rebuild the engine with export/to_trt.py")
         h, w = self.engine.get_tensor_shape("images")[2:]
         self.image_size = (h, w) if h > 0 and w > 0 else None
         if "text_embeddings" in self.inputs:
@@ -60,9 +58,9 @@ class TensorRTDetector(ExportedDetector):
         else:
             self.embed_dim = int(self.meta.get("embed_dim", 0))
             self.vocabulary = list(self.meta["vocabulary"])
-        pre = self.meta.get("preprocess", {})
-        self.min_size = int(min_size or pre.get("min_size", 800))
-        self.max_size = int(max_size or pre.get("max_size", 1333))
+        pre = self.meta["preprocess"]
+        self.min_size = int(min_size or pre["min_size"])
+        self.max_size = int(max_size or pre["max_size"])
         self._set_text_encoder(text_encoder)
 
     def _torch_dtype(self, name: str) -> torch.dtype:

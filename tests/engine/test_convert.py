@@ -7,7 +7,7 @@ import torch
 
 from cora.cli import main
 from cora.config import get_preset
-from cora.engine.checkpoint import load_checkpoint, load_into
+from cora.checkpoint import load_checkpoint, load_into
 from cora.modeling.detector import CORA
 
 

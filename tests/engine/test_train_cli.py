@@ -43,7 +43,7 @@ def test_bad_data_exits_1(tmp_path, capsys):
 
 def test_checkpoint_loads_into_a_fresh_model(tmp_path):
     from cora.config import get_preset
-    from cora.engine.checkpoint import load_checkpoint, load_into
+    from cora.checkpoint import load_checkpoint, load_into
     from cora.modeling.detector import CORA
 
     write_synthetic(tmp_path / "d", num_images=4, seed=3, size=(64, 64))

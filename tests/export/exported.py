@@ -1,12 +1,12 @@
 """The tiny CORA (random weights) exported once per test session, shared by tests/export and tests/runtime.
 
-Exporting takes ~15 s on two cores, so each export is cached here for the whole session:
+Exporting takes ~25 s on two cores (with its parity check), so each export is cached for the whole session:
 - `runtime_vocabulary(...)`: text_embeddings is an input, dynamic batch / height / width, plus the text encoder;
 - `baked_vocabulary(...)`: exported through `cora export` with --vocab and a static image size.
 
 `without_image_sizes(...)` rewrites an export into the graph exported before `image_sizes` was an input
-(the un-padded size was the input size), to check that old files fail clearly and that the parity cases
-catch the difference.
+(the un-padded size was the input size, no metadata of the current format), to check that old files fail
+clearly and that the parity cases catch the difference.
 """
 
 from __future__ import annotations
@@ -26,31 +26,25 @@ class Exported:
     path: Path
     meta: dict
     detector: object   # the PyTorch CORA it was exported from
-    module: object     # the ExportableCORA it was exported from, run eagerly
-    reference: object  # export.parity.DetectorReference: CORA.forward + postprocess, the parity reference
+    module: object     # the module that was exported (cora.export.graph.export_module), the parity reference
     text_encoder: Path | None = None
 
 
 def _detector():
-    from export.to_onnx import load_detector
+    from cora.checkpoint import load_model
 
-    return load_detector(SOURCE)
+    return load_model(**SOURCE)
 
 
 def runtime_vocabulary(tmp_path_factory) -> Exported:
     if "runtime" not in _CACHE:
-        from export.parity import DetectorReference
-        from export.to_onnx import export_detector, export_text_encoder
-
-        from cora.modeling.exportable import ExportableCORA
+        from cora.export.onnx import export_detector, export_text_encoder
 
         out = tmp_path_factory.mktemp("export_runtime")
-        detector, cfg = _detector()
-        meta = export_detector(detector, cfg, out / "tiny.onnx", source=SOURCE)
-        export_text_encoder(detector._clip_model[0], out / "text.onnx", source=SOURCE)
-        module = ExportableCORA.from_detector(detector, **meta["postprocess"]).eval()
-        reference = DetectorReference(detector, **meta["postprocess"])
-        _CACHE["runtime"] = Exported(out / "tiny.onnx", meta, detector, module, reference, out / "text.onnx")
+        detector = _detector()
+        meta = export_detector(detector, out / "tiny.onnx", source=SOURCE)  # parity-checked at K = 1, 7
+        export_text_encoder(detector, out / "text.onnx", source=SOURCE)
+        _CACHE["runtime"] = Exported(out / "tiny.onnx", meta, detector, detector, out / "text.onnx")
     return _CACHE["runtime"]
 
 
@@ -58,24 +52,23 @@ def baked_vocabulary(tmp_path_factory) -> Exported:
     if "baked" not in _CACHE:
         import argparse
 
-        from cora.export_cli import add_export_parser
-        from cora.modeling.exportable import ExportableCORA
-        from export.parity import DetectorReference
-        from export.to_onnx import read_sidecar
+        from cora.cli import export
+        from cora.export.graph import export_module
+        from cora.export.onnx import read_sidecar
 
         out = tmp_path_factory.mktemp("export_baked") / "baked.onnx"
         parser = argparse.ArgumentParser(prog="cora")
-        add_export_parser(parser.add_subparsers(dest="command", required=True))
+        export.add_parser(parser.add_subparsers(dest="command", required=True))
         args = parser.parse_args(["export", "--preset", "tiny", "--random-init", "--out", str(out),
                                   "--vocab", ",".join(BAKED_NAMES), "--image-size", *map(str, BAKED_SIZE),
                                   "--max-detections", "10"])
-        code = args.run(args)
-        assert code == 0
+        assert args.run(args) == 0
         meta = read_sidecar(out)
-        detector, _ = _detector()
-        text = detector.encode_vocabulary(BAKED_NAMES)
-        module = ExportableCORA.from_detector(detector, text, **meta["postprocess"]).eval()
-        _CACHE["baked"] = Exported(out, meta, detector, module, DetectorReference(detector, text, **meta["postprocess"]))
+        from cora.checkpoint import load_model
+
+        detector = load_model(**meta["source"])
+        module = export_module(detector, detector.encode_vocabulary(BAKED_NAMES))
+        _CACHE["baked"] = Exported(out, meta, detector, module)
     return _CACHE["baked"]
 
 
@@ -86,6 +79,7 @@ def without_image_sizes(path: Path, out: Path) -> Path:
     from onnx import TensorProto, helper
 
     model = onnx.load(str(path))
+    del model.metadata_props[:]  # an old export: no metadata of the current format
     graph = model.graph
     kept = [i for i in graph.input if i.name != "image_sizes"]
     del graph.input[:]

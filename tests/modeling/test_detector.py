@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cora.config import get_preset
-from cora.engine.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cora.checkpoint import load_checkpoint, load_into, save_checkpoint
 from cora.modeling.detector import CORA, padding_mask
 
 
@@ -23,7 +23,7 @@ def test_forward_shapes_through_every_stage(model):
     cfg = get_preset("tiny")
     images = torch.rand(2, 3, 96, 128)
     sizes = torch.tensor([[96, 128], [70, 100]])
-    out = model(images, sizes, text(5, model.backbone.embed_dim))
+    out = model.predict_raw(images, sizes, text(5, model.backbone.embed_dim))
     layers, q = cfg.localizer.num_decoder_layers, cfg.localizer.num_queries
     assert out["boxes"].shape == (layers, 2, q, 4) and out["objectness"].shape == (layers, 2, q)
     assert out["classes"].shape == (2, q) and out["classes"].dtype == torch.int64
@@ -52,8 +52,25 @@ def test_class_prior_reaches_prematching(model):
     images, sizes = torch.rand(1, 3, 96, 96), torch.tensor([[96, 96]])
     t = text(3, model.backbone.embed_dim)
     prior = torch.tensor([0.0, 0.0, 1.0])
-    out = model(images, sizes, t, class_prior=prior)
+    out = model.predict_raw(images, sizes, t, class_prior=prior)
     assert (out["classes"] == 2).all()
+
+
+def test_forward_is_predict_raw_then_scoring(model):
+    """forward (the exported graph) = predict_raw + cora.modeling.scoring on the last layer's boxes in pixels."""
+    from cora.modeling.scoring import boxes_to_pixels, detections
+
+    images, sizes = torch.rand(2, 3, 96, 128), torch.tensor([[96, 128], [70, 100]])
+    t = text(9, model.backbone.embed_dim)
+    with torch.no_grad():
+        boxes, scores, labels = model(images, sizes, t)
+        raw = model.predict_raw(images, sizes, t)
+    ic = model.cfg.inference
+    ref = detections(raw["class_logits"], raw["objectness"][-1], boxes_to_pixels(raw["boxes"][-1], sizes),
+                     score_threshold=ic.score_threshold, nms_iou=ic.nms_iou, max_detections=ic.max_detections,
+                     pre_nms_topk=ic.pre_nms_topk)
+    assert torch.equal(labels, ref[2]) and torch.equal(boxes, ref[0]) and torch.equal(scores, ref[1])
+    assert boxes.shape == (2, ic.max_detections, 4) and (labels >= 0).any()
 
 
 def test_padding_mask():
@@ -74,7 +91,7 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
     fresh.backbone.load_state_dict(model.backbone.state_dict())  # same (random) CLIP weights
     load_into(fresh, state)
     images, sizes, t = torch.rand(1, 3, 64, 96), torch.tensor([[64, 96]]), text(4, model.backbone.embed_dim)
-    a, b = model(images, sizes, t), fresh(images, sizes, t)
+    a, b = model.predict_raw(images, sizes, t), fresh.predict_raw(images, sizes, t)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert not list(tmp_path.joinpath("ckpt").glob("*.tmp"))
@@ -83,7 +100,7 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
 def test_bad_input(model):
     with pytest.raises(ValueError, match="exactly one of vocabulary"):
         model.detect([torch.rand(3, 64, 64)])
-    with pytest.raises(ValueError, match=r"images\[0\] must be a float Tensor\[3, H, W\]"):
+    with pytest.raises(ValueError, match=r"images\[0\] must be \[3, H, W\] RGB"):
         model.detect([torch.rand(64, 64)], vocabulary=["cat"])
     with pytest.raises(ValueError, match=r"text_embeddings must be Tensor\[K, D\] with K >= 1"):
         model.detect([torch.rand(3, 64, 64)], text_embeddings=torch.zeros(0, 64))
@@ -101,8 +118,8 @@ def test_cuda_forward_matches_cpu():
     images, sizes = torch.rand(2, 3, 96, 128), torch.tensor([[96, 128], [70, 100]])
     t = text(7, cpu_model.backbone.embed_dim)
     with torch.no_grad():
-        a = cpu_model(images, sizes, t)
-        b = gpu_model(images.cuda(), sizes.cuda(), t.cuda())
+        a = cpu_model.predict_raw(images, sizes, t)
+        b = gpu_model.predict_raw(images.cuda(), sizes.cuda(), t.cuda())
     assert torch.equal(a["classes"], b["classes"].cpu())
     for key in ("boxes", "objectness", "class_logits"):
         torch.testing.assert_close(b[key].cpu(), a[key], rtol=1e-3, atol=1e-3, msg=key)
@@ -115,7 +132,7 @@ def test_forward_train_decodes_groups_like_separate_forwards(model):
     groups = [t[[0, 2, 5]], t[[1, 3, 4]]]
     with torch.no_grad():
         both = model.forward_train(images, sizes, groups)
-        separate = [model(images, sizes, g) for g in groups]
+        separate = [model.predict_raw(images, sizes, g) for g in groups]
     for key in ("boxes", "objectness"):
         torch.testing.assert_close(both[key], torch.cat([s[key] for s in separate], dim=1), msg=key)
     assert torch.equal(both["classes"], torch.cat([s["classes"] for s in separate]))

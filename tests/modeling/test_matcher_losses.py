@@ -5,7 +5,7 @@ from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
 from cora.modeling.losses import SetCriterion, average_num_boxes
 from cora.modeling.matcher import PerClassHungarianMatcher, focal_objectness_cost
-from cora.modeling.postprocess import cxcywh_to_xyxy
+from cora.modeling.scoring import cxcywh_to_xyxy
 
 
 def random_boxes(n, g):

@@ -1,37 +1,43 @@
-"""cora.runtime.preprocess: resize / pad as CORA.preprocess, boxes back to original pixels."""
+"""cora.preprocess: the resize rule, padding, letterbox and boxes back to original pixels (all paths use it)."""
 
 import numpy as np
 import pytest
 import torch
 
-from cora.config import get_preset
-from cora.modeling.detector import CORA
-from cora.runtime.preprocess import check_class_prior, check_text_embeddings, letterbox, to_original
+from PIL import Image
+
+from cora.preprocess import letterbox, resized_size, to_original
+from cora.runtime.base import check_class_prior, check_text_embeddings
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return CORA.from_config(get_preset("tiny"), random_init=True).eval()
+@pytest.mark.parametrize("h, w, expected", [(300, 200, (192, 128)), (64, 500, (25, 192)), (333, 500, (128, 192)),
+                                            (1, 1, (128, 128)), (480, 640, (128, 171))])
+def test_resize_rule_rounds(h, w, expected):
+    """Shorter side 128, longer <= 192, round(side * scale): e.g. 480 x 640 -> 128 x 170.67 -> 171 (DETR's int
+    truncation would give 170)."""
+    assert resized_size(h, w, 128, 192) == expected
 
 
-def test_letterbox_mirrors_cora_preprocess(tiny):
+def test_letterbox_pads_bottom_right_to_multiples_of_32_with_antialiased_pixels():
     images = [torch.rand(3, 300, 200), torch.rand(3, 64, 500)]
     batch, sizes, originals = letterbox(images, 128, 192)
-    ref_batch, ref_sizes, ref_originals = tiny.preprocess(images)
-    torch.testing.assert_close(batch, ref_batch)
-    assert sizes == [tuple(s) for s in ref_sizes.tolist()] and originals == [tuple(s) for s in ref_originals.tolist()]
+    assert batch.shape == (2, 3, 192, 192) and sizes.tolist() == [[192, 128], [25, 192]]
+    assert originals.tolist() == [[300, 200], [64, 500]] and (batch[0, :, :, 128:] == 0).all()
+    # independent reference for the pixels: PIL's antialiased bilinear resize of the same image
+    ref = Image.fromarray((images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize((128, 192), Image.BILINEAR)
+    got = (batch[0, :, :192, :128].permute(1, 2, 0).numpy() * 255)
+    assert np.abs(got - np.asarray(ref, np.float32)).mean() < 1.5
 
 
 def test_numpy_batch_and_fixed_size():
     batch, sizes, originals = letterbox(np.random.rand(2, 3, 50, 100).astype(np.float32), 128, 192, fixed_size=(96, 128))
-    assert batch.shape == (2, 3, 96, 128) and sizes == [(64, 128)] * 2 and originals == [(50, 100)] * 2
+    assert batch.shape == (2, 3, 96, 128) and sizes.tolist() == [[64, 128]] * 2 and originals.tolist() == [[50, 100]] * 2
     assert (batch[:, :, 64:] == 0).all()  # padding at the bottom
 
 
 def test_to_original_rescales_clips_and_drops_empty_slots():
     boxes = torch.tensor([[[10.0, 20.0, 64.0, 200.0], [0, 0, 0, 0]]])
-    out = to_original(boxes, torch.tensor([[0.9, 0.0]]), torch.tensor([[3, -1]]), [(64, 128)], [(32, 64)])
+    out = to_original(boxes, torch.tensor([[0.9, 0.0]]), torch.tensor([[3, -1]]), [[64, 128]], [[32, 64]])
     assert out[0]["boxes"].tolist() == [[5.0, 10.0, 32.0, 32.0]]
     assert out[0]["labels"].tolist() == [3] and out[0]["labels"].dtype == torch.int64
 

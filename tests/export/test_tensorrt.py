@@ -1,10 +1,12 @@
-"""export/to_trt.py and cora.runtime.tensorrt where TensorRT is missing (always, on the development machines)."""
+"""cora.export.tensorrt (through export/to_trt.py's entry, cora.cli.export.trt_main) and cora.runtime.tensorrt
+where TensorRT is missing (always, on the development machines)."""
 
 import importlib.util
 
 import pytest
 
-from export.to_trt import main, tensorrt_missing
+from cora.cli.export import trt_main as main
+from cora.export.tensorrt import tensorrt_missing
 
 needs_no_tensorrt = pytest.mark.skipif(tensorrt_missing("x.onnx") is None, reason="TensorRT and a GPU are present")
 

@@ -36,7 +36,7 @@ def add_detect_parser(sub) -> None:
 
 def build_model(cfg, state, clip_weights: str | None, random_init: bool, device: str):
     """CORA of `cfg` with CLIP weights and learned weights (`state`, or none), in eval mode on `device`."""
-    from cora.engine.checkpoint import load_into
+    from cora.checkpoint import load_into
     from cora.modeling.detector import CORA
 
     if random_init:
@@ -64,7 +64,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cora.config import get_preset
-    from cora.engine.checkpoint import load_checkpoint
+    from cora.checkpoint import load_checkpoint
     from cora.io import draw_detections, read_image, write_detections_json
     from cora.modeling.text import load_vocabulary
 

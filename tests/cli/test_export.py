@@ -1,16 +1,17 @@
-"""cora.export_cli: `cora export`, driven by EXPORT_FORMATS."""
+"""cora.cli.export: `cora export`, driven by EXPORT_FORMATS."""
 
 import argparse
 
 import pytest
 
-from cora.export_cli import EXPORT_FORMATS, add_export_parser
-from export.to_trt import tensorrt_missing
+from cora.cli.export import EXPORT_FORMATS, add_parser
+from cora.errors import UserError
+from cora.export.tensorrt import tensorrt_missing
 
 
 def run(argv):
     parser = argparse.ArgumentParser(prog="cora")
-    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["export", *argv])
     return args.run(args)
 
@@ -36,8 +37,8 @@ def test_engine_flags_with_onnx_format_are_usage_errors(tmp_path, capsys):
 
 
 @pytest.mark.skipif(tensorrt_missing(None) is None, reason="TensorRT and a GPU are present")
-def test_engine_without_tensorrt_fails_fast_with_one_line(tmp_path, capsys):
-    code = run(["--format", "engine", "--out", str(tmp_path / "x.engine"), "--random-init", "--preset", "tiny"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1 and "--format onnx" in err
+def test_engine_without_tensorrt_fails_fast_with_one_line(tmp_path):
+    with pytest.raises(UserError, match="--format onnx") as err:
+        run(["--format", "engine", "--out", str(tmp_path / "x.engine"), "--random-init", "--preset", "tiny"])
+    assert len(str(err.value).splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # failed before exporting anything
