@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from cora.errors import UserError
+from cora.export.graph import TextEncoderGraph
+from cora.export.parity import TOLERANCES, text_encoder_parity
 from cora.runtime.onnx import OnnxDetector, OnnxTextEncoder, default_providers
-from export.parity import TOLERANCES, match_detections, text_encoder_parity
 from tests.export.exported import BAKED_NAMES, baked_vocabulary, runtime_vocabulary, without_image_sizes
 
 pytestmark = pytest.mark.slow
@@ -31,13 +33,13 @@ def test_providers_default_to_cpu_here(detector):
 
 
 def assert_same_detections(got, ref):
+    """Index for index: the same labels in the same order, boxes (original pixels) and scores within tolerance."""
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         assert len(g["scores"]) == len(r["scores"]) > 0
-        as_tuple = lambda d: tuple(d[k].numpy() for k in ("boxes", "scores", "labels"))  # noqa: E731
-        m = match_detections(as_tuple(r), as_tuple(g), 100, 0.001)  # tied scores come in any order
-        assert m["unmatched"] == 0 and m["top_label_ok"], m
-        assert m["box_diff"] < TOLERANCES["boxes"] and m["score_diff"] < TOLERANCES["scores"]
+        assert torch.equal(g["labels"], r["labels"])
+        torch.testing.assert_close(g["boxes"], r["boxes"], rtol=0, atol=TOLERANCES["boxes"] * 4)  # resize scale <= 4
+        torch.testing.assert_close(g["scores"], r["scores"], rtol=0, atol=TOLERANCES["scores"])
 
 
 def test_detect_equals_cora_detect_when_no_padding_is_needed(exported, detector):
@@ -61,9 +63,13 @@ def test_detect_equals_cora_detect_on_padded_images(exported, detector, shapes):
     assert_same_detections(got, exported.detector.detect(images, text_embeddings=t, class_prior=prior))
 
 
-def test_an_export_without_image_sizes_is_refused(exported, tmp_path):
+def test_an_old_or_foreign_export_is_refused(exported, tmp_path):
+    """No cora metadata (a foreign .onnx) or another format version (an export older than image_sizes)."""
     old = without_image_sizes(exported.path, tmp_path / "old.onnx")
-    with pytest.raises(ValueError, match=r"no 'image_sizes' input .*re-export it with export/to_onnx.py"):
+    with pytest.raises(UserError, match=r"old.onnx has no cora metadata .*export it with `cora export`"):
+        OnnxDetector(old)
+    (tmp_path / "old.onnx.json").write_text('{"format": "onnx", "graph": "detector"}')
+    with pytest.raises(UserError, match="export format version None; this cora reads 2: re-export"):
         OnnxDetector(old)
 
 
@@ -111,8 +117,9 @@ def test_callable_text_encoder(exported):
 
 
 def test_text_encoder_matches_open_clip_and_text_embedder(exported):
-    clip = exported.detector._clip_model[0]
-    assert text_encoder_parity(exported.text_encoder, clip, ["a photo of a cat.", "traffic light", "x" * 200]) < 1e-5
+    tokens = exported.detector.text_embedder.tokenizer(["a photo of a cat.", "traffic light", "x" * 200])
+    graph = TextEncoderGraph(exported.detector.text_embedder.clip_model)
+    assert text_encoder_parity(exported.text_encoder, graph, tokens) < 1e-5
     names = ["cat", "dog", "traffic light"]
     got = OnnxTextEncoder(exported.text_encoder)(names)
     ref = exported.detector.encode_vocabulary(names).numpy()  # TextEmbedder: 80 templates averaged
