@@ -40,7 +40,7 @@ class InferenceConfig:
     score_threshold: float = 0.001
     nms_iou: float = 0.5
     max_detections: int = 100    # 100 for COCO, 300 for LVIS
-    pre_nms_topk: int = 3000
+    pre_nms_topk: int = 3000     # (box, class) pairs per image entering NMS; 0 = all (the official evaluation)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class CORAConfig:
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     temperature: float = 100.0   # CLIP logit scale applied to cosine similarities (tau)
+    text_context_length: int = 77  # prompt tokens for the text encoder; the official evaluation uses 15
 
 
 PRESETS: dict[str, CORAConfig] = {

@@ -85,3 +85,21 @@ def _names_from_json(path: str) -> list[str]:
                          "{'id': ..., 'name': ...} entries")
     categories = sorted(categories, key=lambda c: c["id"])
     return [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
+
+
+def tokenizer(context_length: int = 77):
+    """CLIP's tokenizer (open_clip, OpenAI's BPE) truncating prompts at `context_length` tokens: list[str] ->
+    LongTensor[N, 77].
+
+    The official CORA evaluation encodes prompts with 15 tokens (`--text_len 15`). CLIP's text tower always
+    takes 77 positions, but its attention is causal and it reads the end-of-text token's output, so prompts
+    cut at `context_length` (end token kept) and zero-padded to 77 give the truncated model's embedding."""
+    import open_clip
+    import torch.nn.functional as F
+
+    base = open_clip.get_tokenizer(TOKENIZER)
+    if not isinstance(context_length, int) or not 2 <= context_length <= 77:
+        raise ValueError(f"text context length must be an int in [2, 77], got {context_length!r}")
+    if context_length == 77:
+        return base
+    return lambda texts: F.pad(base(texts, context_length=context_length), (0, 77 - context_length))

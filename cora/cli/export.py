@@ -143,13 +143,14 @@ def export_onnx(args: argparse.Namespace) -> None:
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
     detector = load_model(**source)
     start = time.perf_counter()
-    export_detector(detector, args.out, source=source, vocabulary=vocabulary,
-                    image_size=tuple(args.image_size) if args.image_size else None, check=not args.no_check)
-    print(f"wrote {args.out} and {sidecar_path(args.out)} ({time.perf_counter() - start:.1f} s"
-          f"{'' if args.no_check else ', parity checked'})")
-    if args.text_encoder is not None:
+    if args.text_encoder is not None:  # first: the detector's metadata names it
         export_text_encoder(detector, args.text_encoder, source=source, check=not args.no_check)
         print(f"wrote {args.text_encoder} and {sidecar_path(args.text_encoder)}")
+    export_detector(detector, args.out, source=source, vocabulary=vocabulary,
+                    image_size=tuple(args.image_size) if args.image_size else None, check=not args.no_check,
+                    text_encoder=args.text_encoder)
+    print(f"wrote {args.out} and {sidecar_path(args.out)} ({time.perf_counter() - start:.1f} s"
+          f"{'' if args.no_check else ', parity checked'})")
     findings = lint_tensorrt(args.out)
     for f in findings:
         if f.severity != "info":

@@ -51,6 +51,7 @@ def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=No
                    text_embeddings: torch.Tensor | None = None) -> tuple[dict | None, list[dict]]:
     """Detects on the first `limit` images of `gt` (by id; all by default) and scores them.
 
+    model: a CORA, or an exported detector of cora.runtime (anything with its `detect` / `encode_vocabulary`).
     gt: a loaded ground truth (ev.load_ground_truth). novel_prior multiplies the novel classes' pre-matching
     probabilities; verbose shows pycocotools / lvis-api output. text_embeddings: Tensor[K, D] for the
     evaluated categories in id order (default: the model's text encoder on their names). Returns (cora.engine.evaluate's result, the
@@ -66,14 +67,17 @@ def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=No
         raise ValueError("the ground truth has no images")
     paths = image_files(images, images_dir)
     device = model.device
-    text = model.encode_vocabulary(names) if text_embeddings is None else text_embeddings.to(device)
+    text = model.encode_vocabulary(names) if text_embeddings is None else text_embeddings
+    text = torch.as_tensor(text, device=device)
     if text.shape[0] != len(categories):
         raise ValueError(f"text_embeddings must be Tensor[{len(categories)}, D] (one per category), got {list(text.shape)}")
     prior = torch.tensor([novel_prior if c["id"] in novel_ids else 1.0 for c in categories], device=device)
     cat_ids = [c["id"] for c in categories]
     mine = list(range(distributed.rank(), len(images), distributed.world_size()))
-    modes = {m: m.training for m in model.modules()}  # restored after: training keeps CLIP in eval mode
-    model.eval()
+    # restored after: training keeps CLIP in eval mode (an exported model has no modes)
+    modes = {m: m.training for m in model.modules()} if isinstance(model, torch.nn.Module) else {}
+    for m in modes:
+        m.eval()
     detections = []
     with tqdm(total=len(mine), desc="eval", unit="image", disable=not progress) as bar:
         for start in range(0, len(mine), batch_size):

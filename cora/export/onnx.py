@@ -119,7 +119,8 @@ def _spec_table(specs, sizes: dict) -> list[dict]:
 
 
 def export_detector(detector, out: str | os.PathLike, *, source: dict, vocabulary: list[str] | None = None,
-                    image_size: tuple[int, int] | None = None, check: bool = True) -> dict:
+                    image_size: tuple[int, int] | None = None, check: bool = True,
+                    text_encoder: str | os.PathLike | None = None) -> dict:
     """Export `detector` (a CORA; its forward is the graph) to `out`; returns the sidecar dict (also written
     to `<out>.json` and stored in the file's metadata under "cora").
 
@@ -128,6 +129,8 @@ def export_detector(detector, out: str | os.PathLike, *, source: dict, vocabular
     image_size: (H, W) for a static-size graph (multiples of 32); None = dynamic height and width.
     check: run the parity check against PyTorch (cora.export.parity, the two-size letterboxed cases at K = 1
         and 7) before the file replaces `out`; a failure raises ParityError and leaves `out` as it was.
+    text_encoder: the text-encoder export that goes with it (`export_text_encoder`), recorded relative to
+        `out`'s folder so that runtimes turn class names into embeddings without being told where it is.
     """
     import torch
 
@@ -177,6 +180,7 @@ def export_detector(detector, out: str | os.PathLike, *, source: dict, vocabular
         "embed_dim": embed_dim,
         "image_size": list(image_size) if image_size is not None else None,
         "vocabulary": list(vocabulary) if vocabulary is not None else None,
+        "text_encoder": os.path.relpath(text_encoder, out.parent) if text_encoder is not None else None,
         "preprocess": {"min_size": ic.min_size, "max_size": ic.max_size,
                        "size_divisibility": SIZE_DIVISIBILITY, "pad_value": 0.0,
                        "resize": "cora.preprocess.letterbox (bilinear, antialias, align_corners=False)"},
@@ -218,7 +222,9 @@ def export_text_encoder(detector, out: str | os.PathLike, *, source: dict, check
         "io": _spec_table(TEXT_IO_SPECS, {"D": dim}),
         "embed_dim": dim,
         "context_length": int(tokens.shape[1]),
-        "tokenizer": f"open_clip.get_tokenizer({TOKENIZER!r}) (OpenAI CLIP BPE, pure Python)",
+        "text_context_length": detector.cfg.text_context_length,
+        "tokenizer": f"cora.vocabulary.tokenizer({detector.cfg.text_context_length}): open_clip.get_tokenizer("
+                     f"{TOKENIZER!r}) (OpenAI CLIP BPE, pure Python)",
         "templates": list(IMAGENET_TEMPLATES),
         "torch_version": torch.__version__,
     }

@@ -59,13 +59,15 @@ class CORA(nn.Module):
                     text_cache_dir: str | None = None) -> "CORA":
         """CLIP weights: `clip_weights` (a local file), else the config's open_clip tag, else (with
         `random_init`) random. Learned CORA weights are loaded separately (cora.checkpoint)."""
-        import open_clip
+        from cora.vocabulary import tokenizer
 
         pretrained = None if (random_init or clip_weights) else cfg.backbone.pretrained
         backbone, clip_model = build_backbone(cfg.backbone.clip_model, pretrained=pretrained, weights_path=clip_weights)
         model_key = f"{cfg.backbone.clip_model}/{clip_weights or pretrained or 'random'}"
-        tokenizer = open_clip.get_tokenizer("RN50")  # all CLIP ResNets share OpenAI's BPE tokenizer
-        embedder = TextEmbedder(clip_model, tokenizer, model_key, cache_dir=None if random_init else text_cache_dir)
+        if cfg.text_context_length != 77:  # part of the text cache's key
+            model_key += f"/ctx{cfg.text_context_length}"
+        embedder = TextEmbedder(clip_model, tokenizer(cfg.text_context_length), model_key,
+                                cache_dir=None if random_init else text_cache_dir)
         return cls(cfg, backbone, clip_model, embedder)
 
     def learned_state_dict(self) -> dict[str, Tensor]:

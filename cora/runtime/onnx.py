@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cora.runtime.base import ExportedDetector, read_metadata
-from cora.vocabulary import IMAGENET_TEMPLATES, TOKENIZER
+from cora.vocabulary import IMAGENET_TEMPLATES, tokenizer
 
 
 def default_providers() -> list[str]:
@@ -49,7 +49,8 @@ class OnnxDetector(ExportedDetector):
         path: the .onnx file (its `<path>.json` sidecar, or the copy in the model's metadata, gives the
             resize sizes and a baked vocabulary).
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
-        text_encoder: a text-encoder .onnx path or a callable names -> [K, D], for `vocabulary=` names.
+        text_encoder: a text-encoder .onnx path or a callable names -> [K, D], for `vocabulary=` names
+            (default: the text encoder exported with it, named in its metadata, if any).
         min_size, max_size: override the export's resize sizes (dynamic-size graphs only).
     """
 
@@ -74,6 +75,8 @@ class OnnxDetector(ExportedDetector):
         self.min_size = int(min_size or pre["min_size"])
         self.max_size = int(max_size or pre["max_size"])
         self.device = "cpu"
+        if text_encoder is None and self.meta.get("text_encoder"):  # exported beside it (cora export --text-encoder)
+            text_encoder = os.path.join(os.path.dirname(os.fspath(path)), self.meta["text_encoder"])
         self._set_text_encoder(text_encoder)
 
     def _run(self, batch: torch.Tensor, image_sizes: np.ndarray, text: np.ndarray | None, prior: np.ndarray):
@@ -97,8 +100,6 @@ class OnnxTextEncoder:
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
                  templates: Sequence[str] | None = None, batch_size: int = 256):
-        import open_clip
-
         self.session, meta = _session(path, providers)
         if [i.name for i in self.session.get_inputs()] != ["tokens"]:
             raise ValueError(f"{path!r} is not a CORA text-encoder export (expected one input 'tokens')")
@@ -107,7 +108,7 @@ class OnnxTextEncoder:
         self.templates = list(templates)
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ValueError("templates must be a non-empty list of strings with one '{}' each")
-        self.tokenizer = open_clip.get_tokenizer(TOKENIZER)
+        self.tokenizer = tokenizer(int(meta.get("text_context_length", 77)))
         self.batch_size = int(batch_size)
 
     def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:

@@ -136,3 +136,26 @@ def test_forward_train_decodes_groups_like_separate_forwards(model):
     for key in ("boxes", "objectness"):
         torch.testing.assert_close(both[key], torch.cat([s[key] for s in separate], dim=1), msg=key)
     assert torch.equal(both["classes"], torch.cat([s["classes"] for s in separate]))
+
+
+def test_text_context_length_truncates_long_prompts_as_the_official_15_token_encoder():
+    """text_context_length=15 (the official evaluation): long prompts change, short ones do not, and the
+    embedding equals CLIP's text tower run on 15 positions."""
+    from cora.checkpoint import load_model
+
+    full = load_model(preset="tiny", random_init=True)
+    short = load_model(preset="tiny", random_init=True, overrides=["text_context_length=15"])
+    long_name = "a very long class name with many words in it, more than fifteen tokens for sure"
+    assert (full.encode_vocabulary([long_name]) - short.encode_vocabulary([long_name])).abs().max() > 1e-3
+    torch.testing.assert_close(full.encode_vocabulary(["cat"]), short.encode_vocabulary(["cat"]))
+    import open_clip
+
+    clip = short.text_embedder.clip_model
+    prompt = ["a photo of a cat with a long long long long long long long description."]
+    tokens = open_clip.get_tokenizer("RN50")(prompt, context_length=15)
+    with torch.no_grad():
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:15]
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:15, :15]))
+        ref = x[torch.arange(1), tokens.argmax(-1)] @ clip.text_projection
+        got = clip.encode_text(short.text_embedder.tokenizer(prompt))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
