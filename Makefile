@@ -1,10 +1,11 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh clone: they create .venv,
-# install the pinned requirements, build the extension, then run the main job / the test suite.
+# install the pinned requirements, build the extension, install the package (editable) into .venv, then
+# run the main job / the test suite. After `make build`, `.venv/bin/cora` is the command line.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv build demo test clean
+.PHONY: venv ext build demo test clean
 
 venv: $(VENV)/.installed
 
@@ -13,9 +14,19 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-# ninja rebuilds only what changed; CUDA kernels are compiled when nvcc is found (CORA_BUILD_CUDA=0/1 forces).
-build: venv
+# The extension, in place (cora/_C*.so). ninja rebuilds only what changed; CUDA kernels are compiled when
+# nvcc is found (CORA_BUILD_CUDA=0/1 forces).
+ext: venv
 	$(PY) setup.py build_ext --inplace
+
+# The editable install (cora/ stays the code that runs; .venv/bin/cora and `import cora` from anywhere).
+# CORA_PREBUILT_EXT=1: it takes the library `ext` just built instead of compiling it again (setup.py).
+# Redone when setup.py changes (entry points, packages); new modules need no reinstall.
+$(VENV)/bin/cora: setup.py $(VENV)/.installed | ext
+	CORA_PREBUILT_EXT=1 $(PY) -m pip install --no-build-isolation --no-deps --no-index -q -e .
+	touch $@
+
+build: ext $(VENV)/bin/cora
 
 demo: build
 	$(PY) benchmarks/vocab_scaling.py
@@ -24,4 +35,4 @@ test: build
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf build cora/_C*.so
+	rm -rf build dist cora.egg-info cora/_C*.so

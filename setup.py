@@ -1,4 +1,17 @@
-"""Builds the compiled ops as `cora._C`: `python setup.py build_ext --inplace`.
+"""Builds the compiled ops as `cora._C` (`python setup.py build_ext --inplace`) and installs the package.
+
+    python setup.py build_ext --inplace                           # the extension, in place (ninja: incremental)
+    pip install --no-build-isolation --no-deps -e .               # editable install (what `make build` does)
+    pip install --no-build-isolation .                            # a regular install; `pip wheel` likewise
+    CORA_PREBUILT_EXT=1 pip install --no-build-isolation --no-deps -e .   # reuse the in-place build: no compile
+    CORA_PREBUILT_EXT=1 pip wheel --no-build-isolation --no-deps -w dist .  # a wheel of the in-place build
+
+`--no-build-isolation`: building imports torch (torch.utils.cpp_extension), which an isolated build
+environment would lack. `CORA_PREBUILT_EXT=1` packages the extension already built in place
+(cora/_C*.so, from `build_ext --inplace`) instead of compiling it, and fails if there is none: `make build`
+uses it for its editable install and tests/test_packaging.py for its wheel, so that neither compiles the
+CUDA kernels a second time and the wheel holds exactly the library the tests ran. It does not check that
+the library is up to date with csrc/: run `build_ext --inplace` first.
 
 C++ kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is found;
 `CORA_BUILD_CUDA=1` requires them, `CORA_BUILD_CUDA=0` skips them. With no GPU visible (as on
@@ -6,6 +19,7 @@ the development machines, where the CUDA code compiles but cannot run) the targe
 come from `TORCH_CUDA_ARCH_LIST`, default "8.0;9.0" (A100, H100/H200).
 """
 
+import filecmp
 import glob
 import os
 import shutil
@@ -29,9 +43,32 @@ def _cuda_requested():
     sys.exit(f"setup.py: CORA_BUILD_CUDA must be 0, 1 or unset, got {value!r}")
 
 
+def _prebuilt():
+    """True when CORA_PREBUILT_EXT=1: package the in-place build instead of compiling (module docstring)."""
+    value = os.environ.get("CORA_PREBUILT_EXT", "").strip()
+    if value not in ("", "0", "1"):
+        sys.exit(f"setup.py: CORA_PREBUILT_EXT must be 0, 1 or unset, got {value!r}")
+    return value == "1"
+
+
+def _headers():
+    """Every header under csrc/: listed as the extension's `depends`, so that `build_ext` (which skips an
+    extension newer than its sources and depends) reaches ninja, which tracks the headers per object, when
+    only a header changed."""
+    return sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                  + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
+
+
+def _package_data():
+    """Non-Python files under cora/ that the package reads at run time (none today but this list's kinds):
+    shipped in wheels and regular installs. tests/test_packaging.py checks that an installed wheel holds every
+    file of the source package."""
+    return {"cora": ["**/*.json", "**/*.yaml", "**/*.yml", "**/*.txt", "**/*.csv", "py.typed"]}
+
+
 def _pip_cuda_include_dirs():
     """Headers of the pip CUDA packages (cusparse.h and friends), which torch's headers include
-    but the system toolkit may lack (DESIGN.md section 5)."""
+    but the system toolkit may lack (docs/design.md)."""
     dirs = []
     for base in site.getsitepackages() + [site.getusersitepackages()]:
         dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
@@ -72,6 +109,7 @@ def build_extensions():
             CUDAExtension(
                 "cora._C",
                 sources,
+                depends=_headers(),
                 include_dirs=[os.path.join(ROOT, "csrc")] + _pip_cuda_include_dirs(),
                 define_macros=define_macros,
                 extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
@@ -82,6 +120,7 @@ def build_extensions():
         CppExtension(
             "cora._C",
             sources,
+            depends=_headers(),
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
@@ -112,9 +151,41 @@ def main():
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildExtensionChecked(BuildExtension.with_options(use_ninja=True)):
+        def finalize_options(self):
+            super().finalize_options()
+            if self.editable_mode:
+                # An editable install (PEP 660) builds in a fresh temporary folder: every object, CUDA kernels
+                # included, would be recompiled. The regular folder keeps ninja's objects between builds.
+                self.build_temp = os.path.join(ROOT, "build", f"temp.{self.plat_name}-{sys.implementation.cache_tag}")
+
         def build_extension(self, ext):
+            if _prebuilt():
+                built = os.path.join(ROOT, self.get_ext_filename(ext.name))  # where build_ext --inplace puts it
+                if not os.path.isfile(built):
+                    sys.exit(f"setup.py: CORA_PREBUILT_EXT=1 but {built} does not exist; build it first with "
+                             "`python setup.py build_ext --inplace` (or `make build`)")
+                self.copy_file(built, self.get_ext_fullpath(ext.name))
+                return
             super().build_extension(ext)
             _check_dynamic_libstdcxx(self.get_ext_fullpath(ext.name))
+
+        def copy_file(self, infile, outfile, *args, **kwargs):
+            """Copies the library (to build/ or, --inplace, into cora/) through a temporary file and a rename:
+            writing over the loaded library in place would crash any process that has it mapped (a test run
+            beside the build); an identical file is left alone."""
+            if os.path.abspath(infile) == os.path.abspath(outfile) or (
+                    os.path.isfile(outfile) and filecmp.cmp(infile, outfile, shallow=False)):
+                return outfile, False
+            os.makedirs(os.path.dirname(outfile) or ".", exist_ok=True)
+            tmp = f"{outfile}.{os.getpid()}.tmp"
+            try:
+                shutil.copy2(infile, tmp)
+                os.replace(tmp, outfile)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            print(f"copying {infile} -> {outfile}")
+            return outfile, True
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
     setup(
@@ -122,6 +193,7 @@ def main():
         version="0.1.0",
         description="CORA open-vocabulary detection: training, evaluation, ONNX/TensorRT export",
         packages=find_packages(include=["cora", "cora.*"]),
+        package_data=_package_data(),
         python_requires=">=3.10",
         ext_modules=build_extensions(),
         entry_points={"console_scripts": ["cora = cora.cli:main"]},

@@ -1,84 +1,10 @@
-"""One class-dropout training step of the localizer: CORA.forward_train against two CORA.forward calls.
+"""`python benchmarks/train_step.py --help`: the script face of cora.bench.train_step (one class-dropout
+training step: CORA.forward_train against two CORA.forward calls). Results go to benchmarks/results/."""
 
-    python benchmarks/train_step.py                                  # RN50 (random weights), CPU, 300 queries
-    python benchmarks/train_step.py --device cuda --queries 1000 --image-size 800 1344 --batch 4
-
-Class dropout trains each image of the batch against two complementary vocabulary groups. The baseline is what
-training did before `forward_train`: `CORA.forward` once per group (CLIP, encoder and decoder twice, and the
-region classifier on every decoded box, whose logits training never uses). `forward_train` runs CLIP and the
-encoder once, decodes both groups in one batched pass and skips the region classifier. Timed: forward + backward
-of the localizer's outputs (boxes and objectness summed, as a stand-in for the loss), trainable parameters as in
-stage 2. Prints a table and writes JSON (median / p90 of --repeat runs after one warm-up).
-"""
-
-from __future__ import annotations
-
-import argparse
 import os
 import sys
 
-import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks.common import format_table, machine_info, measure, write_json  # noqa: E402
-from cora.config import apply_overrides, get_preset  # noqa: E402
-from cora.engine.train_localizer import LOCALIZER_PREFIXES  # noqa: E402
-from cora.engine.trainer import freeze_except  # noqa: E402
-from cora.modeling.detector import CORA  # noqa: E402
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="rn50_coco", help="model preset, random weights (default: rn50_coco)")
-    p.add_argument("--queries", type=int, default=300, help="localizer queries Q (paper: 1000; default: 300)")
-    p.add_argument("--image-size", type=int, nargs=2, default=(256, 384), metavar=("H", "W"),
-                   help="padded input size in pixels (default: 256 384)")
-    p.add_argument("--batch", type=int, default=2, help="images per step (default: 2)")
-    p.add_argument("--classes", type=int, default=48, help="vocabulary size, split in two groups (default: 48)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per method (default: 3)")
-    p.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "train_step.json"),
-                   help="output JSON (default: benchmarks/results/train_step.json)")
-    args = p.parse_args(argv)
-
-    torch.manual_seed(0)
-    cfg = apply_overrides(get_preset(args.preset), [f"localizer.num_queries={args.queries}"])
-    model = CORA.from_config(cfg, random_init=True).to(args.device)
-    freeze_except(model, LOCALIZER_PREFIXES)
-    model.train()
-    model.backbone.eval()
-    h, w = args.image_size
-    images = torch.rand(args.batch, 3, h, w, device=args.device)
-    sizes = torch.tensor([[h, w]] * args.batch, device=args.device)
-    text = torch.nn.functional.normalize(torch.randn(args.classes, model.backbone.embed_dim, device=args.device), dim=-1)
-    groups = [text[: args.classes // 2], text[args.classes // 2:]]
-
-    def two_forwards():
-        outs = [model(images, sizes, g) for g in groups]
-        sum(o["boxes"].sum() + o["objectness"].sum() for o in outs).backward()
-        model.zero_grad(set_to_none=True)
-
-    def forward_train():
-        out = model.forward_train(images, sizes, groups)
-        (out["boxes"].sum() + out["objectness"].sum()).backward()
-        model.zero_grad(set_to_none=True)
-
-    device = "cuda" if args.device.startswith("cuda") else "cpu"
-    results = {"two CORA.forward calls (baseline)": measure(two_forwards, device, args.repeat),
-               "CORA.forward_train": measure(forward_train, device, args.repeat)}
-    base = results["two CORA.forward calls (baseline)"]["median_ms"]
-    rows = [[name, f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{base / r['median_ms']:.2f}x"]
-            for name, r in results.items()]
-    print(f"class-dropout training step, {args.preset} (random weights), Q={args.queries}, {args.batch} x 3 x {h} x {w}, "
-          f"K={args.classes} in 2 groups, {args.device}; ms per step, median / p90 of {args.repeat} after 1 warm-up")
-    print(format_table(["method", "median ms", "p90 ms", "speedup"], rows))
-    write_json(args.json, {"benchmark": "train_step", "machine": machine_info(device), "args": vars(args),
-                           "results": results})
-    print(f"wrote {args.json}")
-    return 0
-
+from cora.bench.train_step import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(out_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")))

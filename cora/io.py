@@ -1,4 +1,9 @@
-"""Image reading and detection output (JSON + annotated PNG) for the command line."""
+"""THE image reader (training data, evaluation, relabel and `cora detect` read files here, so 16-bit, gray
+and RGBA images mean the same everywhere), and detection output (JSON + annotated PNG) for the command line.
+
+    image = read_image("photo.png")          # uint8 [H, W, 3] RGB
+    x = image_tensor(image)                  # Tensor[3, H, W] float32 in [0, 1], what CORA.detect takes
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def image_tensor(image: np.ndarray):
+    """uint8 [H, W, 3] RGB (read_image) -> Tensor[3, H, W] float32 RGB in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)  # HWC -> CHW
 
 
 def _output_path(out_dir: str | Path, image_path: str | Path, suffix: str) -> Path:

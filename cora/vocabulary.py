@@ -1,8 +1,12 @@
-"""Vocabularies: class names from lists, strings and files, the LVIS naming rule, the prompt templates.
+"""Vocabularies: class names from lists, strings and files, the LVIS naming rule, the prompt templates, the
+tokenizer, and prompt ensembling.
 
-A leaf module (no model code): the detector (cora.modeling.text), the runtimes and relabel read names here.
+A leaf module (no model code): the detector (cora.modeling.text), evaluation, relabel, the data sets and the
+runtimes of exported models all read names and build prompts here, so they agree.
 
     names = load_vocabulary("instances_val2017.json")        # or "cat, dog", ["cat", "dog"], names.txt
+    texts = prompts(names)                                   # K * T strings, name-major
+    per_name = ensemble(encode(texts), len(names))           # [K*T, D] -> [K, D] unit rows (torch or numpy)
 """
 
 from __future__ import annotations
@@ -12,10 +16,32 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+import numpy as np
 
-# The 80 prompt templates of OpenAI's ImageNet zero-shot evaluation, "{}" standing for the class name.
-IMAGENET_TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+# The 80 prompt templates of OpenAI's ImageNet zero-shot evaluation (open_clip's OPENAI_IMAGENET_TEMPLATES, in
+# its order), "{}" standing for the class name. Written out so that reading names does not import open_clip.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
+    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
+    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
+    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
+    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
+    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
+    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
+    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
+    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.",
+)
 
 # The tokenizer of every CLIP ResNet (OpenAI's BPE): the open_clip name it is fetched under.
 TOKENIZER = "RN50"
@@ -83,13 +109,48 @@ def _names_from_json(path: str) -> list[str]:
                                                    for c in categories):
         raise ValueError(f"source {path!r} must be a COCO / LVIS json with a 'categories' list of "
                          "{'id': ..., 'name': ...} entries")
-    categories = sorted(categories, key=lambda c: c["id"])
-    return [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
+    return [category_name(c) for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def category_name(category: dict) -> str:
+    """The prompt-ready name of a COCO / LVIS category dict: LVIS names (categories with a `synset`) get
+    underscores replaced by spaces ("traffic_light" -> "traffic light"), as CLIP prompts need; COCO names
+    are kept as they are."""
+    name = category["name"]
+    return name.replace("_", " ") if "synset" in category else name
+
+
+def prompts(names: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES) -> list[str]:
+    """The K * T prompts of K names in T templates (each with one "{}"), name-major: prompt k * T + t is
+    name k in template t, the row order `ensemble` expects."""
+    return [template.format(name) for name in names for template in templates]
+
+
+def ensemble(per_prompt, k: int):
+    """Prompt ensembling (OpenAI's zero-shot recipe): Tensor or ndarray [K*T, D] embeddings of `prompts(names)`
+    (name-major) -> [K, D]: each row L2-normalised, averaged over a name's T templates, normalised again.
+
+    Works on torch tensors and numpy arrays alike (the result has the input's type, dtype and device); a zero
+    row stays zero (norms are clamped at 1e-12, as torch.nn.functional.normalize does)."""
+    if not isinstance(k, int) or k < 1 or per_prompt.ndim != 2 or per_prompt.shape[0] % k:
+        raise ValueError(f"per_prompt must be [K*T, D] with K = {k!r} names, got shape {list(per_prompt.shape)}")
+    t, d = per_prompt.shape[0] // k, per_prompt.shape[1]
+    per_name = _unit(per_prompt).reshape(k, t, d).mean(1)  # [K*T, D] -> [K, T, D] -> [K, D]
+    return _unit(per_name)
+
+
+def _unit(x):
+    """Rows of x divided by their L2 norm (at least 1e-12)."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    import torch.nn.functional as F
+
+    return F.normalize(x, dim=-1)
 
 
 def tokenizer(context_length: int = 77):
-    """CLIP's tokenizer (open_clip, OpenAI's BPE) truncating prompts at `context_length` tokens: list[str] ->
-    LongTensor[N, 77].
+    """CLIP's tokenizer (open_clip's TOKENIZER, OpenAI's BPE) truncating prompts at `context_length` tokens:
+    list[str] -> LongTensor[N, 77].
 
     The official CORA evaluation encodes prompts with 15 tokens (`--text_len 15`). CLIP's text tower always
     takes 77 positions, but its attention is causal and it reads the end-of-text token's output, so prompts

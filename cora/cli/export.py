@@ -19,6 +19,7 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from cora.cli import common
 from cora.errors import UserError
 
 
@@ -55,15 +56,7 @@ def _format(value: str) -> ExportFormat:
 def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file: .onnx (or .engine for --format engine); written "
                    "atomically, sidecar <out>.json")
-    p.add_argument("--preset", default="rn50_coco", help="model preset (default: rn50_coco; see cora.config.PRESETS)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", default=None, help="a cora checkpoint folder (model.safetensors + config.json)")
-    weights.add_argument("--random-init", action="store_true", help="random weights (drawn after --seed): try the pipeline")
-    p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint for the CLIP backbone "
-                   "(default: the preset's open_clip tag, which needs the model hub)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random-init (default: 0)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. inference.nms_iou=0.6 (repeatable; default: none)")
+    common.add_model_arguments(p)
     p.add_argument("--vocab", default=None, help="bake this vocabulary in: comma-separated names or a .txt / COCO-LVIS "
                    ".json file (default: none, text_embeddings is a graph input)")
     p.add_argument("--max-detections", type=int, default=None, help="M, detections per image (default: the config's "
@@ -132,15 +125,14 @@ def export_onnx(args: argparse.Namespace) -> None:
     from cora.export.onnx import export_detector, export_text_encoder, sidecar_path
     from cora.vocabulary import load_vocabulary
 
-    overrides = list(args.overrides)
+    overrides = []  # the flags' values first: a --set of the same key wins
     if args.max_detections is not None:
         overrides.append(f"inference.max_detections={args.max_detections}")
     if args.score_threshold is not None:
         overrides.append(f"inference.score_threshold={args.score_threshold}")
-    source = {"preset": args.preset if args.checkpoint is None else None, "overrides": overrides,
-              "checkpoint": args.checkpoint, "clip_weights": args.clip_weights,
-              "random_init": bool(args.random_init), "seed": int(args.seed)}
-    vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
+    source = common.model_source(args, overrides)
+    with common.user_errors():
+        vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
     detector = load_model(**source)
     start = time.perf_counter()
     if args.text_encoder is not None:  # first: the detector's metadata names it
@@ -160,8 +152,7 @@ def export_onnx(args: argparse.Namespace) -> None:
 
 
 def build_engine(args: argparse.Namespace) -> None:
-    import json
-
+    from cora.export.onnx import read_sidecar
     from cora.export.tensorrt import build_engine as build, default_image_profile, tensorrt_missing
 
     if not os.path.isfile(args.onnx):
@@ -169,8 +160,8 @@ def build_engine(args: argparse.Namespace) -> None:
     missing = tensorrt_missing(args.onnx)
     if missing is not None:
         raise UserError(missing)
-    side = f"{args.onnx}.json"
-    meta = json.load(open(side)) if os.path.isfile(side) else {}
+    with common.user_errors():
+        meta = read_sidecar(args.onnx)
     build(args.onnx, args.out, fp16=args.fp16, vocab_profile=args.vocab_profile,
           image_profile=args.image_profile or default_image_profile(meta),
           batch_profile=args.batch_profile, workspace_gib=args.workspace)

@@ -22,8 +22,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cora.data.splits import Split, category_name, load_categories, load_split, unknown_names_message
+from cora.data.splits import Split, load_categories, load_split, unknown_names_message
 from cora.data.transforms import clip_boxes, eval_transforms, train_transforms, with_cxcywh
+from cora.io import image_tensor, read_image
+from cora.vocabulary import category_name
 
 VOCABULARIES = ("all", "base", "novel", "base+novel")  # named vocabularies; a list of class names also works
 
@@ -38,15 +40,6 @@ def read_json(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path!r} is not a COCO / LVIS instances json "
                          f"(expected an object, got {type(data).__name__})")
     return data
-
-
-def read_rgb(path: str | os.PathLike) -> Tensor:
-    """Image file -> Tensor[3, H, W] float32 RGB in [0, 1] (gray / palette / RGBA converted)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)  # HWC -> CHW
 
 
 def image_file(image_root: str | os.PathLike, entry: dict, source: str = "the json") -> Path:
@@ -194,7 +187,7 @@ class CocoDetection(Dataset):
         info = self.images[index]
         path = self.image_path(index)
         try:
-            image = read_rgb(path)
+            image = image_tensor(read_image(path))  # the reader of evaluation and detect (16-bit scaled)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {str(path)!r} (image id {info['id']} of {self.ann_file!r}) "
                                     f"not found under image_root {str(self.image_root)!r}") from None

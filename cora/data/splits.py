@@ -10,7 +10,7 @@
 Splits are always validated against the categories of a json: a name the json does not have is a
 ValueError that lists the unknown names with close-match hints. Category names are used as CLIP prompts:
 LVIS names (categories with a `synset`) get underscores replaced by spaces ("traffic_light" ->
-"traffic light"), as in `cora.modeling.text.load_vocabulary`.
+"traffic light"): cora.vocabulary.category_name.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from cora.vocabulary import category_name
 
 # COCO 2017 category names of the COCO OVD benchmark (OVR-CNN's split, used by CORA).
 COCO_BASE_CLASSES: tuple[str, ...] = (
@@ -37,12 +39,6 @@ COCO_NOVEL_CLASSES: tuple[str, ...] = (
 LVIS_FREQUENCIES = ("r", "c", "f")  # rare (1-10 training images), common (11-100), frequent (> 100)
 
 SPLIT_NAMES = ("coco", "lvis")  # built-in splits of load_split; anything else is a split file
-
-
-def category_name(category: dict) -> str:
-    """The prompt-ready name of a COCO / LVIS category dict (LVIS underscores -> spaces)."""
-    name = category["name"]
-    return name.replace("_", " ") if "synset" in category else name
 
 
 def load_categories(source: str | os.PathLike | dict | Sequence[dict], where: str | None = None) -> list[dict]:

@@ -4,7 +4,7 @@
     small = scaled_train_transforms(128, 192)   # the same recipe for small images (sizes x 128 / 800)
     val = eval_transforms()        # short side 800, long side at most 1333
 
-image: Tensor[3, H, W] (float in [0, 1], or uint8). target: a dict with
+image: Tensor[3, H, W] float in [0, 1]. target: a dict with
     "boxes": Tensor[N, 4] float xyxy in pixels of `image` (pixel i spans [i, i + 1));
     "size": Tensor[2] int64 (h, w) of `image`, updated by every transform that changes it;
     per-box entries (PER_BOX_KEYS present, e.g. "labels" Tensor[N]) are kept aligned with "boxes".
@@ -13,8 +13,8 @@ Other keys pass through unchanged; datasets add "boxes_cxcywh" after the transfo
 Randomness: every random transform takes `generator` (a torch.Generator). None (the default) draws from
 torch's global RNG, which DataLoader seeds differently in each worker; a generator passed here is copied
 into each worker as is, so all workers would then repeat the same augmentation sequence.
-Normalisation is a separate transform (Normalize): CORA normalises inside the model, so datasets return
-images in [0, 1].
+No normalisation here: CORA normalises inside the model (CLIP's mean / std), so datasets return images in
+[0, 1].
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image mean / std (RGB, [0, 1] scale)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from cora.preprocess import resize_image, resized_size
 
 TRAIN_SCALES = tuple(range(480, 801, 32))  # DETR / CORA multi-scale training: short side 480, 512, ..., 800
 PER_BOX_KEYS = ("boxes", "labels", "area", "iscrowd", "category_ids")
@@ -104,28 +102,15 @@ class RandomHorizontalFlip:
         return image.flip(-1), target
 
 
-def resized_shape(h: int, w: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """(h', w') with short side `size` and aspect kept, shrunk so that the long side is <= max_size
-    (DETR's rule, rounding as there)."""
-    if max_size is not None:
-        short, long = min(h, w), max(h, w)
-        if long / short * size > max_size:
-            size = int(round(max_size * short / long))
-    if (w <= h and w == size) or (h <= w and h == size):
-        return h, w
-    if w < h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
-
-
 def resize(image: Tensor, target: dict, size: int, max_size: int | None = None) -> tuple[Tensor, dict]:
-    """Resizes the short side to `size` (long side <= max_size); boxes scaled by (w'/w, h'/h). Bilinear,
-    antialiased."""
+    """Resizes the short side to `size` (long side <= max_size) with the detector's rule and pixels
+    (cora.preprocess.resized_size / resize_image), so training and evaluation see what `detect` sees; boxes
+    scaled by (w'/w, h'/h)."""
     h, w = _image_size(image)
-    nh, nw = resized_shape(h, w, size, max_size)
+    nh, nw = resized_size(h, w, size, max_size)
     if (nh, nw) == (h, w):
         return image, {**target, "size": torch.tensor([h, w])}
-    image = TF.resize(image, [nh, nw], antialias=True)
+    image = resize_image(image, (nh, nw))
     target = {**target, "size": torch.tensor([nh, nw])}
     if "boxes" in target:
         target["boxes"] = target["boxes"] * target["boxes"].new_tensor([nw / w, nh / h, nw / w, nh / h])
@@ -199,20 +184,6 @@ class RandomSelect:
 
     def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
         return (self.first if _rand(self.generator) < self.p else self.second)(image, target)
-
-
-class Normalize:
-    """(image - mean) / std per channel (CLIP's by default); boxes untouched. Needs a float image."""
-
-    def __init__(self, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-        self.mean, self.std = tuple(mean), tuple(std)
-
-    def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
-        if not image.is_floating_point():
-            raise TypeError(f"Normalize needs a float image in [0, 1], got {image.dtype}")
-        mean = image.new_tensor(self.mean).view(-1, 1, 1)
-        std = image.new_tensor(self.std).view(-1, 1, 1)
-        return (image - mean) / std, target
 
 
 def train_transforms(

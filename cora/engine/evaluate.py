@@ -164,6 +164,25 @@ def ovd_groups(categories: list[dict], novel: Sequence[str | int] | None = None,
     return novel_ids, base_ids
 
 
+def parse_novel(value: str | None) -> tuple[list | None, list | None]:
+    """The novel classes of a coco-ovd evaluation from text -> (novel, base or None), for `ovd_groups`.
+
+    value: comma-separated names (digit-only items are category ids), or a split json
+    {"base": [names], "novel": [names]} (cora.data.synthetic writes one); None -> (None, None).
+    """
+    if value is None:
+        return None, None
+    if value.lower().endswith(".json"):
+        split = load_json(value, "split file")
+        if not isinstance(split, dict) or not isinstance(split.get("novel"), list):
+            raise ValueError(f'split file {value} must hold {{"base": [names], "novel": [names]}}')
+        return split["novel"], split.get("base")
+    names = [int(n) if n.strip().isdigit() else n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"novel classes: {value!r} names no class")
+    return names, None
+
+
 _NUMPY_SHIM_LOCK = threading.Lock()
 _numpy_shim_depth = 0
 

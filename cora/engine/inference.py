@@ -17,7 +17,8 @@ import torch
 from cora.data.coco import image_file
 from cora.engine import distributed
 from cora.engine import evaluate as ev
-from cora.io import read_image
+from cora.io import image_tensor, read_image
+from cora.vocabulary import category_name
 
 
 def eval_categories(gt: dict, split: str, novel=None, base=None) -> tuple[list[dict], list[str], set[int]]:
@@ -30,8 +31,7 @@ def eval_categories(gt: dict, split: str, novel=None, base=None) -> tuple[list[d
         categories = list(gt["categories"])
         novel_ids = {c["id"] for c in categories if c["frequency"] == "r"}
     categories.sort(key=lambda c: c["id"])
-    names = [c["name"].replace("_", " ") if "synset" in c else c["name"] for c in categories]
-    return categories, names, novel_ids
+    return categories, [category_name(c) for c in categories], novel_ids
 
 
 def image_files(images: list[dict], images_dir: str | Path, what: str = "images", hint: str = "") -> list[Path]:
@@ -82,7 +82,7 @@ def evaluate_model(model, split: str, gt: dict, images_dir: str | Path, novel=No
     with tqdm(total=len(mine), desc="eval", unit="image", disable=not progress) as bar:
         for start in range(0, len(mine), batch_size):
             batch = mine[start: start + batch_size]
-            tensors = [torch.from_numpy(read_image(paths[i])).permute(2, 0, 1).float().div(255) for i in batch]
+            tensors = [image_tensor(read_image(paths[i])) for i in batch]
             for i, det in zip(batch, model.detect(tensors, text_embeddings=text, class_prior=prior)):
                 detections += ev.detections_to_coco(det, images[i]["id"], cat_ids)
             bar.update(len(batch))

@@ -1,4 +1,4 @@
-"""`cora relabel`: CLIP-aligned labeling of the training ground truth (run before localizer training).
+"""CLIP-aligned labeling of the training ground truth (run before localizer training; `cora relabel`).
 
     cora relabel --data shapes --preset tiny --random-init --prompt runs/prompt/prompt.pth \\
                  --out shapes/instances_train_relabel.json
@@ -15,37 +15,30 @@ classes by the same classifier) then agrees with its targets, and ambiguous or w
 Output: the input json with, per relabelled annotation, `category_id` set to the argmax category. When it
 changed, the input's category id is kept as `"original_category_id"` (only then: unchanged annotations are
 byte-identical to the input). `info["cora_relabel"]` records the run (see `relabel_annotations` and
-`run_relabel`). Annotations that are not classified are copied unchanged and counted as "skipped": their
+cora.cli.relabel). Annotations that are not classified are copied unchanged and counted as "skipped": their
 category is outside the vocabulary, they are crowd (`iscrowd: 1`) or ignored (`ignore: 1`), their box has
 w or h <= 0, is empty once clipped to the image, or their image is not in the json's images.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from cora.data.coco import VOCABULARIES, CocoDetection, read_json
+from cora.vocabulary import load_vocabulary
 
 RECORD_KEY = "cora_relabel"  # the run's record in the output's `info`
 
 
 def parse_vocabulary(value: str) -> str | list[str]:
-    """--vocabulary: a named group ("all", "base", "novel", "base+novel") as is, else a comma list of names."""
-    value = value.strip()
-    if value in VOCABULARIES:
-        return value
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"--vocabulary names no class: {value!r}")
-    return names
+    """--vocabulary: a named group ("all", "base", "novel", "base+novel") as is, else class names as
+    cora.vocabulary.load_vocabulary reads them (comma-separated, or a .txt / COCO-LVIS .json file)."""
+    return value.strip() if value.strip() in VOCABULARIES else load_vocabulary(value)
 
 
 def relabel_dataset(ann_file: str | os.PathLike, image_root: str | os.PathLike,
@@ -169,83 +162,3 @@ def relabel_annotations(model, dataset: CocoDetection, data: dict | None = None,
         raise ValueError(f"{dataset.ann_file!r}: 'info' must be an object, got {type(info).__name__}")
     result = {**data, "annotations": out_annotations, "info": {**info, RECORD_KEY: stats}}
     return result, stats
-
-
-def add_relabel_parser(sub) -> None:
-    p = sub.add_parser(
-        "relabel", help="CLIP-aligned labeling: relabel training boxes with the region classifier",
-        description="Classifies every training ground-truth box with the region classifier (CLIP + region "
-                    "prompt) over the training vocabulary and writes a COCO json whose annotations carry the "
-                    "argmax category (original_category_id kept where it changed). Run before `cora train`.",
-    )
-    p.add_argument("--data", default=None, help="dataset folder with instances_train.json (and split.json), e.g. "
-                   "from `cora data make-synthetic`; or use --ann-file and --images")
-    p.add_argument("--ann-file", default=None, help="instances json to relabel (default: --data/instances_train.json)")
-    p.add_argument("--images", default=None, help="image root that file_name is relative to (default: --data); LVIS "
-                   "entries without file_name use their coco_url (<folder>/<file>)")
-    p.add_argument("--split", default=None, help="base/novel split: coco, lvis or a split json (default: "
-                   "--data/split.json if present, else coco)")
-    p.add_argument("--vocabulary", default="base", help="candidate labels: base (default, per --split), all, "
-                   "novel, base+novel, or comma-separated class names; annotations of other classes are "
-                   "copied unchanged")
-    p.add_argument("--out", required=True, help="output json (written atomically; must differ from the input)")
-    p.add_argument("--checkpoint", "--init", dest="checkpoint", default=None,
-                   help="a cora checkpoint folder (model.safetensors + config.json, e.g. a converted release); "
-                   "its config replaces --preset")
-    p.add_argument("--prompt", default=None, help="region prompt file from `cora train-prompt` (prompt.pth) or an "
-                   "official prompt file; replaces the checkpoint's prompt")
-    p.add_argument("--preset", default="rn50_coco", help="model preset without --checkpoint (default: rn50_coco)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable, e.g. --set inference.min_size=640")
-    p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint file for the CLIP backbone")
-    p.add_argument("--random-init", action="store_true", help="random CLIP and CORA weights, seed 0 (smoke runs)")
-    p.add_argument("--min-score", type=float, default=None, help="relabel only when the argmax class has at least "
-                   "this softmax probability over the vocabulary, else keep the category (default: always relabel)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_relabel)
-
-
-def run_relabel(args: argparse.Namespace) -> int:
-    from cora.cli import CLIError, build_model
-    from cora.config import apply_overrides, get_preset
-    from cora.checkpoint import load_checkpoint
-    from cora.engine.convert import load_prompt_file
-    from cora.fileio import write_json
-
-    try:
-        if args.ann_file is None and args.data is None:
-            raise ValueError("no annotations: pass --data DIR or --ann-file FILE")
-        if args.images is None and args.data is None:
-            raise ValueError("no images: pass --images DIR (the root file_name is relative to) or --data DIR")
-        data_dir = Path(args.data) if args.data else None
-        ann_file = Path(args.ann_file) if args.ann_file else data_dir / "instances_train.json"
-        if Path(args.out).resolve() == ann_file.resolve():
-            raise ValueError(f"--out {args.out} would overwrite the input annotations")
-        split = args.split
-        if split is None and data_dir is not None and (data_dir / "split.json").is_file():
-            split = str(data_dir / "split.json")
-        dataset = relabel_dataset(ann_file, args.images or data_dir, args.vocabulary, split)
-
-        state, cfg = load_checkpoint(args.checkpoint) if args.checkpoint else (None, get_preset(args.preset))
-        cfg = apply_overrides(cfg, args.overrides)
-        model = build_model(cfg, state, args.clip_weights, args.random_init,
-                            args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if args.prompt:
-            model.region_classifier.load_prompt(load_prompt_file(args.prompt))
-        result, stats = relabel_annotations(model, dataset, batch_size=args.batch_size, min_score=args.min_score,
-                                            progress=not args.no_progress)
-        stats.update(ann_file=str(ann_file), checkpoint=args.checkpoint, prompt=args.prompt,
-                     preset=None if args.checkpoint else args.preset, random_init=args.random_init,
-                     clip_weights=args.clip_weights)
-        write_json(args.out, result)  # `stats` is result["info"]["cora_relabel"]: the updates are in it
-    except (ValueError, FileNotFoundError, KeyError, OSError, CLIError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"cora relabel: {message}", file=sys.stderr)
-        return 1
-    share = 100.0 * stats["changed"] / max(stats["classified"], 1)
-    low = f", {stats['below_min_score']} kept below --min-score" if args.min_score is not None else ""
-    print(f"{stats['changed']} of {stats['classified']} classified boxes changed category ({share:.1f}%), "
-          f"{stats['skipped']} skipped{low}; wrote {args.out}")
-    return 0

@@ -40,9 +40,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from cora.checkpoint import save_checkpoint
+from cora.data.coco import collate_fn
 from cora.data.sampling import appearance_keys, epoch_indices, repeat_factors
 from cora.engine import distributed
-from cora.checkpoint import save_checkpoint
 from cora.fileio import atomic_write, write_json
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,11 +101,6 @@ class SeededItems(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(key))
             return self.dataset[int(key) % len(self.dataset)]
-
-
-def collate(batch):
-    images, targets = zip(*batch)
-    return list(images), list(targets)
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, world_size: int = 1,
@@ -325,7 +321,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
             for g in opt.param_groups:
                 g["lr"] = tcfg.lr * (0.1 if tcfg.lr_drop_epoch is not None and epoch >= tcfg.lr_drop_epoch else 1.0)
             shards = [b[rank::world] for b in epochs[epoch][pos:]]
-            loader = DataLoader(SeededItems(dataset, tcfg.seed, epoch), batch_sampler=shards, collate_fn=collate,
+            loader = DataLoader(SeededItems(dataset, tcfg.seed, epoch), batch_sampler=shards, collate_fn=collate_fn,
                                 num_workers=tcfg.num_workers)
             start = time.perf_counter()
             for images, targets in loader:

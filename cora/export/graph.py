@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cora.preprocess import SIZE_DIVISIBILITY
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -98,3 +100,9 @@ def export_module(detector: nn.Module, text_embeddings: Tensor | None = None) ->
     if text_embeddings.dim() != 2 or text_embeddings.shape[1] != dim or text_embeddings.shape[0] < 1:
         raise ValueError(f"text_embeddings must be Tensor[K, {dim}] with K >= 1, got {list(text_embeddings.shape)}")
     return BakedVocabulary(detector, text_embeddings)
+
+
+def default_image_size(cfg) -> tuple[int, int]:
+    """The example size when none is given: the resize target rounded up to 32, wider than high."""
+    side = -(-cfg.inference.min_size // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    return side, side + SIZE_DIVISIBILITY

@@ -33,8 +33,7 @@ from pathlib import Path
 
 from cora.errors import UserError
 from cora.fileio import atomic_write, write_json
-
-SIZE_DIVISIBILITY = 32
+from cora.preprocess import SIZE_DIVISIBILITY
 # Distinct from every static size (3 channels, 2 = (h, w) of image_sizes, 4 box coordinates), so no dim gets
 # specialised or unified with a static one.
 EXAMPLE_BATCH, EXAMPLE_K = 5, 7
@@ -52,12 +51,6 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not side.is_file():
         raise FileNotFoundError(f"{side} (the export's JSON sidecar) does not exist")
     return json.loads(side.read_text())
-
-
-def default_image_size(cfg) -> tuple[int, int]:
-    """The example size when none is given: the resize target rounded up to 32, wider than high."""
-    side = -(-cfg.inference.min_size // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    return side, side + SIZE_DIVISIBILITY
 
 
 def _dynamic_shapes(specs, static: set[str]) -> tuple[dict, ...]:
@@ -135,7 +128,7 @@ def export_detector(detector, out: str | os.PathLike, *, source: dict, vocabular
     import torch
 
     from cora.config import config_to_dict
-    from cora.export.graph import export_module, io_specs
+    from cora.export.graph import default_image_size, export_module, io_specs
     from cora.modeling.scoring import MAX_TOPK
     from cora.ops.onnx_export import ONNX_OPSET
 

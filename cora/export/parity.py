@@ -109,7 +109,7 @@ def default_cases(meta: dict, ks=(1, 80, 1203), batch: int = 2, sizes=None, seed
         sizes = [tuple(meta["image_size"])]
     elif sizes is None:
         from cora.config import config_from_dict
-        from cora.export.onnx import default_image_size
+        from cora.export.graph import default_image_size
 
         h, w = default_image_size(config_from_dict(meta["config"]))
         sizes = [(h, w), (max(32, h - 32), max(32, w - 64))]

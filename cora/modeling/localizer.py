@@ -42,9 +42,6 @@ Deviations (none changes the function for the default hidden_dim=256):
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import inspect
 from collections.abc import Mapping
 
 import torch
@@ -296,20 +293,6 @@ class DABLocalizer(nn.Module):
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
         self.objectness_embed = nn.Linear(hidden_dim, 1)
-
-    @classmethod
-    def from_config(cls, cfg: object) -> DABLocalizer:
-        """Build from a mapping or dataclass whose fields are this constructor's arguments (unknown -> error)."""
-        values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-        if not isinstance(values, Mapping):
-            raise ValueError(f"cfg must be a mapping or a dataclass instance, got {type(cfg).__name__}")
-        valid = list(inspect.signature(cls.__init__).parameters)[1:]
-        for key in values:
-            if key not in valid:
-                hint = difflib.get_close_matches(str(key), valid, n=1)
-                raise ValueError(f"unknown localizer config key {key!r}; valid keys: {', '.join(valid)}"
-                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        return cls(**values)
 
     def anchors(self) -> Tensor:
         """Tensor[Q, 4]: the learnable anchors, normalised cxcywh in (0, 1) (sigmoid of `query_embed`)."""

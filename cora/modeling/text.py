@@ -1,6 +1,7 @@
-"""CLIP text embeddings of class names (prompt-ensembled, cached on disk); names come from cora.vocabulary.
+"""CLIP text embeddings of class names (prompt-ensembled, cached on disk). Names, templates, the tokenizer
+and the ensembling rule come from cora.vocabulary.
 
-    embed = TextEmbedder(clip, open_clip.get_tokenizer("RN50"), model_key="RN50/openai", cache_dir="~/.cache/cora")
+    embed = TextEmbedder(clip, cora.vocabulary.tokenizer(), model_key="RN50/openai", cache_dir="~/.cache/cora")
     text_embeddings = embed(names)                            # Tensor[K, D], unit rows
 """
 
@@ -11,14 +12,12 @@ import json
 import logging
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cora.vocabulary import IMAGENET_TEMPLATES, TOKENIZER, check_names, load_vocabulary  # noqa: F401
+from cora.vocabulary import IMAGENET_TEMPLATES, check_names, ensemble, prompts
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +27,12 @@ _CACHE_VERSION = 1  # bump when the embedding recipe changes: old cache files ar
 class TextEmbedder:
     """Prompt-ensembled CLIP text embeddings of class names, cached on disk.
 
-    For each name: encode every template with `clip_model.encode_text`, L2-normalise each embedding,
-    average over templates, L2-normalise again (OpenAI's zero-shot recipe; computed in float32).
+    For each name: encode every template with `clip_model.encode_text`, then `cora.vocabulary.ensemble`
+    (L2-normalise each embedding, average over templates, L2-normalise again; computed in float32).
 
     Args:
         clip_model: an open_clip CLIP (anything with `encode_text(tokens: Tensor[N, L]) -> Tensor[N, D]`).
-        tokenizer: `open_clip.get_tokenizer(...)`: list[str] -> LongTensor[N, L].
+        tokenizer: `cora.vocabulary.tokenizer(context_length)`: list[str] -> LongTensor[N, L].
         model_key: identifies the text weights, e.g. "RN50/openai" or a checkpoint hash; part of the cache key,
             so two different weights must never share a key.
         cache_dir: folder for the cache files (created on demand); None disables caching.
@@ -98,21 +97,19 @@ class TextEmbedder:
 
     @torch.no_grad()
     def _encode(self, names: list[str]) -> Tensor:
-        prompts = [template.format(name) for name in names for template in self.templates]  # name-major, K*T
+        texts = prompts(names, self.templates)  # K*T, name-major
         was_training = getattr(self.clip_model, "training", False)
         if was_training:
             self.clip_model.eval()
         try:
             chunks = []
-            for start in range(0, len(prompts), self.batch_size):
-                tokens = self.tokenizer(prompts[start:start + self.batch_size]).to(self._device())
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(texts[start:start + self.batch_size]).to(self._device())
                 chunks.append(self.clip_model.encode_text(tokens).float())
         finally:
             if was_training:
                 self.clip_model.train()
-        per_prompt = F.normalize(torch.cat(chunks), dim=-1)                     # [K*T, D]
-        per_name = per_prompt.view(len(names), len(self.templates), -1).mean(1)  # [K, T, D] -> [K, D]
-        return F.normalize(per_name, dim=-1)
+        return ensemble(torch.cat(chunks), len(names))  # [K*T, D] -> [K, D]
 
     def _read_cache(self, path: str, names: list[str]) -> Tensor | None:
         if not os.path.isfile(path):

@@ -76,8 +76,8 @@ class ExportedDetector:
     exported graph. Subclasses set `embed_dim`, `image_size` (static (H, W) or None), `vocabulary` (baked
     names or None), `min_size` / `max_size`, `device`, and implement `_run(batch, image_sizes, text, prior)`.
 
-    text_encoder: turns class names into [K, D] embeddings: a text-encoder .onnx path
-    (`cora.runtime.onnx.OnnxTextEncoder`), or any callable names -> [K, D]. Only needed for `vocabulary`.
+    text_encoder: a callable names -> [K, D] (e.g. `cora.runtime.onnx.OnnxTextEncoder`, which subclasses open
+    from a path). Only needed for `vocabulary`.
     """
 
     embed_dim: int
@@ -89,10 +89,6 @@ class ExportedDetector:
     text_encoder: Callable | None = None
 
     def _set_text_encoder(self, text_encoder) -> None:
-        if isinstance(text_encoder, (str, os.PathLike)):
-            from cora.runtime.onnx import OnnxTextEncoder
-
-            text_encoder = OnnxTextEncoder(text_encoder)
         if text_encoder is not None and not callable(text_encoder):
             raise ValueError(f"text_encoder must be a text-encoder .onnx path or a callable names -> [K, D], "
                              f"got {type(text_encoder).__name__}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cora.runtime.base import ExportedDetector, read_metadata
-from cora.vocabulary import IMAGENET_TEMPLATES, tokenizer
+from cora.vocabulary import IMAGENET_TEMPLATES, ensemble, prompts, tokenizer
 
 
 def default_providers() -> list[str]:
@@ -75,15 +75,24 @@ class OnnxDetector(ExportedDetector):
         self.min_size = int(min_size or pre["min_size"])
         self.max_size = int(max_size or pre["max_size"])
         self.device = "cpu"
-        if text_encoder is None and self.meta.get("text_encoder"):  # exported beside it (cora export --text-encoder)
-            text_encoder = os.path.join(os.path.dirname(os.fspath(path)), self.meta["text_encoder"])
-        self._set_text_encoder(text_encoder)
+        self._set_text_encoder(open_text_encoder(text_encoder, path, self.meta))
 
     def _run(self, batch: torch.Tensor, image_sizes: np.ndarray, text: np.ndarray | None, prior: np.ndarray):
         feed = {"images": batch.cpu().numpy(), "image_sizes": image_sizes, "class_prior": prior}
         if text is not None:
             feed["text_embeddings"] = text
         return self.session.run(["boxes", "scores", "labels"], feed)
+
+
+def open_text_encoder(text_encoder, model_path: str | os.PathLike, meta: dict):
+    """A detector's text encoder: `text_encoder` as given (a callable names -> [K, D], or a text-encoder .onnx
+    path, opened as OnnxTextEncoder), else the one exported with the model (`cora export --text-encoder`),
+    named in its metadata relative to the model's folder, else None."""
+    if text_encoder is None and meta.get("text_encoder"):
+        text_encoder = os.path.join(os.path.dirname(os.fspath(model_path)), meta["text_encoder"])
+    if isinstance(text_encoder, (str, os.PathLike)):
+        return OnnxTextEncoder(text_encoder)
+    return text_encoder
 
 
 class OnnxTextEncoder:
@@ -122,7 +131,5 @@ class OnnxTextEncoder:
     def __call__(self, names: Sequence[str]) -> np.ndarray:
         if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
             raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
-        t = len(self.templates)
-        per_prompt = self.embed_prompts([tpl.format(n) for n in names for tpl in self.templates])  # [K*T, D]
-        per_name = per_prompt.reshape(len(names), t, -1).mean(1)                                 # [K, D]
-        return (per_name / np.linalg.norm(per_name, axis=-1, keepdims=True)).astype(np.float32)
+        per_prompt = self.embed_prompts(prompts(names, self.templates))  # [K*T, D]
+        return ensemble(per_prompt, len(names)).astype(np.float32)      # [K, D]

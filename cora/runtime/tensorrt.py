@@ -61,7 +61,9 @@ class TensorRTDetector(ExportedDetector):
         pre = self.meta["preprocess"]
         self.min_size = int(min_size or pre["min_size"])
         self.max_size = int(max_size or pre["max_size"])
-        self._set_text_encoder(text_encoder)
+        from cora.runtime.onnx import open_text_encoder
+
+        self._set_text_encoder(open_text_encoder(text_encoder, path, self.meta))
 
     def _torch_dtype(self, name: str) -> torch.dtype:
         trt = self._trt

@@ -1,25 +1,18 @@
-"""`cora relabel` (CLIP-aligned labeling) on the tiny preset with random weights and synthetic shapes (CPU)."""
+"""cora.engine.relabel (CLIP-aligned labeling) on the tiny preset with random weights and synthetic shapes (CPU).
+The helpers here are shared with tests/cli/test_relabel.py (the `cora relabel` command)."""
 
-import argparse
 import copy
 import json
 
 import torch
 
 from cora.config import get_preset
-from cora.data.coco import read_rgb
 from cora.data.synthetic import write_synthetic
-from cora.engine.convert import PROMPT_KEY
-from cora.engine.relabel import RECORD_KEY, add_relabel_parser, relabel_annotations, relabel_dataset
+from cora.engine.relabel import RECORD_KEY, relabel_annotations, relabel_dataset
+from cora.io import image_tensor, read_image
 from cora.modeling.detector import CORA
 
 SIZE = (50, 90)  # (h, w): not square, so the x and y scales to the inference size differ (128 / 192 at most)
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser(prog="cora")
-    add_relabel_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
 
 
 def make_data(root):
@@ -45,7 +38,7 @@ def make_data(root):
 
 
 def tiny_model():
-    torch.manual_seed(0)  # the CLI's --random-init builds the same weights (cora.cli.build_model seeds 0)
+    torch.manual_seed(0)  # the CLI's --random-init builds the same weights (load_model seeds --seed, 0)
     return CORA.from_config(get_preset("tiny"), random_init=True).eval()
 
 
@@ -68,7 +61,7 @@ def reference(model, data, root, names, text):
                 and eligible(a, data)]
         if not anns:
             continue
-        image = read_rgb(root / img["file_name"])
+        image = image_tensor(read_image(root / img["file_name"]))
         h, w = image.shape[-2:]
         batch, sizes, _ = model.preprocess([image])
         scale = torch.tensor([sizes[0, 1] / w, sizes[0, 0] / h] * 2)
@@ -143,60 +136,3 @@ def test_relabels_every_box_like_a_per_image_reference(tmp_path):
     kept = {i for i, (_, p, _) in ref.items() if p < threshold}
     assert_only_categories_changed(data, result, {i: c for i, (c, _, _) in ref.items() if i not in kept})
     assert stats["below_min_score"] == len(kept) > 0 and stats["relabelled"] == len(ref) - len(kept) > 0
-
-
-def test_cli_skips_other_classes_crowd_and_degenerate_boxes(tmp_path, capsys):
-    root = tmp_path / "shapes"
-    data = make_data(root)
-    prompt = tmp_path / "prompt.pth"
-    model = tiny_model()
-    pe = model.region_classifier.effective_positional_embedding()
-    torch.save({PROMPT_KEY: pe + 0.1 * torch.randn_like(pe)}, prompt)
-    args = parse(["relabel", "--data", str(root), "--preset", "tiny", "--random-init", "--prompt", str(prompt),
-                  "--batch-size", "3", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "out" / "r.json")])
-    assert args.run(args) == 0
-    assert "skipped; wrote" in capsys.readouterr().out
-    result = json.loads((tmp_path / "out" / "r.json").read_text())
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["r.json"]  # atomic: no temporary file left
-
-    base = json.loads((root / "split.json").read_text())["base"]  # default vocabulary: base of --data/split.json
-    model.region_classifier.load_prompt(torch.load(prompt)[PROMPT_KEY])
-    ref = reference(model, data, root, base, model.encode_vocabulary(base))
-    skipped = [a for a in data["annotations"] if a["id"] not in ref]
-    base_ids = {c["id"] for c in data["categories"] if c["name"] in base}
-    assert any(a["category_id"] not in base_ids for a in skipped)  # novel shapes
-    assert sum(not eligible(a, data) for a in skipped) >= 4        # crowd, ignored, zero width, outside
-    assert all(a["category_id"] not in base_ids or not eligible(a, data) for a in skipped)
-    assert_only_categories_changed(data, result, {i: c for i, (c, _, _) in ref.items()})
-    record = result["info"][RECORD_KEY]
-    assert record["skipped"] == len(skipped) and record["classified"] == record["relabelled"] == len(ref)
-    assert record["vocabulary_size"] == len(base) and record["prompt"] == str(prompt)
-    assert record["ann_file"] == str(root / "instances_train.json") and record["random_init"] is True
-
-
-def test_min_score_above_one_changes_nothing_and_bad_input_exits_1(tmp_path, capsys):
-    root = tmp_path / "shapes"
-    data = make_data(root)
-    out = tmp_path / "out" / "r.json"
-    common = ["relabel", "--preset", "tiny", "--random-init", "--no-progress", "--device", "cpu"]
-    args = parse([*common, "--data", str(root), "--min-score", "1.01", "--out", str(out)])
-    assert args.run(args) == 0
-    result = json.loads(out.read_text())
-    record = result["info"].pop(RECORD_KEY)
-    assert result == data
-    assert record["changed"] == record["relabelled"] == 0 and record["below_min_score"] == record["classified"] > 0
-    assert [p.name for p in out.parent.iterdir()] == ["r.json"]
-    capsys.readouterr()
-
-    bad = {
-        "not found": ["--ann-file", str(tmp_path / "missing.json"), "--images", str(root)],
-        "did you mean 'circle'": ["--data", str(root), "--vocabulary", "circel,square"],
-        "would overwrite": ["--ann-file", str(out), "--images", str(root), "--vocabulary", "all"],
-        "--images": ["--ann-file", str(root / "instances_train.json")],
-    }
-    for expected, flags in bad.items():
-        args = parse([*common, *flags, "--out", str(out)])
-        assert args.run(args) == 1, flags
-        err = capsys.readouterr().err
-        assert err.startswith("cora relabel: ") and expected in err and err.count("\n") == 1, err
-    assert [p.name for p in out.parent.iterdir()] == ["r.json"]

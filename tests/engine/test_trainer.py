@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 import cora.engine.trainer as trainer
 from cora.cli import build_parser, main
+from cora.cli.common import load_config_file
 from cora.config import get_preset
 from cora.data.coco import build_dataset
 from cora.data.synthetic import write_synthetic
 from cora.data.transforms import Resize
-from cora.engine.train_cli import load_config_file
 from cora.engine.train_localizer import localizer_step, train_localizer
 from cora.engine.trainer import TrainConfig
 from cora.modeling.detector import CORA

@@ -110,7 +110,7 @@ def test_gradients_equal_open_clip_autograd():
 
 
 def test_prompt_equals_modified_positional_embedding():
-    """Adding P to the tokens equals pooling with pe + [mean(P); P] (DESIGN.md: paper vs official form)."""
+    """Adding P to the tokens equals pooling with pe + [mean(P); P] (docs/design.md: paper vs official form)."""
     pool = make_pool("odd")
     args = args_of(pool)
     x, prompt = make_x(7, 5, 24), torch.randn(5, 5, 24, dtype=torch.float64)

@@ -6,14 +6,17 @@
     cora train --config configs/coco_localizer.yaml --data datasets/coco --prompt ... --out runs/loc
     torchrun --nproc_per_node 8 -m cora train --config configs/coco_localizer.yaml ...   # 8 processes
 
-Flag values come from (later wins): the defaults, --config FILE, the command line.
+Flag values come from (later wins): the defaults, --config FILE (cora.cli.common.load_config_file, applied by
+cora.cli.main), the command line. The work is cora.engine (train_prompt, train_localizer, trainer).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from cora.cli import common
+from cora.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: float, dropout: float, clip: float) -> None:
@@ -27,10 +30,11 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: f
     p.add_argument("--split", default=None, help="base/novel split: coco, lvis or a split json (default: --data/split.json "
                    "if present, else coco); training uses the base classes only")
     p.add_argument("--lvis", action="store_true", help="the data is LVIS (federated annotations, rare = novel)")
-    p.add_argument("--preset", default="rn50_coco", help="model preset (default: rn50_coco)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    p.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint file for the CLIP backbone")
-    p.add_argument("--random-init", action="store_true", help="random CLIP weights (smoke runs)")
+    common.add_model_arguments(p, checkpoint_flags=("--init",), seed=False,
+                               checkpoint_help="a cora checkpoint folder to start from, e.g. a converted release; "
+                               "its config replaces --preset (default: none, the learned weights start fresh)",
+                               random_init_help="random CLIP weights too (drawn after --seed): smoke runs without "
+                               "weights (default: off)")
     p.add_argument("--out", default=None, help="output folder (log.jsonl, loss.png, checkpoints/, best/, model/) (required)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default: {epochs})")
     p.add_argument("--batch-size", type=int, default=32, help="images per iteration, over all processes (default: 32)")
@@ -48,7 +52,8 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: f
                    "(LVIS: 0.001; default: 0 = off)")
     p.add_argument("--relaxed-match-threshold", type=float, default=0.0, help="stage 2: also match ground truths of "
                    "classes whose text cosine with the query's class exceeds this (LVIS: 0.7; default: 0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, transforms and class dropout (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights, data order, transforms and class "
+                   "dropout (default: 0)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process (default: 0)")
     p.add_argument("--save-every", type=int, default=0, help="steps between checkpoints, 0 = end of epoch (default: 0)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: none)")
@@ -59,10 +64,15 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: f
     p.add_argument("--val-images", default=None, help="validation image root (default: --images, else --data)")
     p.add_argument("--eval-metric", default=None, help="metric that picks best/ (default: AP50_novel; with --lvis: APr)")
     p.add_argument("--eval-batch-size", type=int, default=8, help="images per forward pass in evaluation (default: 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); under "
-                   "torchrun each process takes cuda:LOCAL_RANK")
+    common.add_device_argument(p, "; under torchrun each process takes cuda:LOCAL_RANK")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(config_parser=p)
+
+
+def add_parser(sub) -> None:
+    """Adds both stages: `train-prompt` (stage 1) and `train` (stage 2)."""
+    add_train_prompt_parser(sub)
+    add_train_parser(sub)
 
 
 def add_train_parser(sub) -> None:
@@ -71,74 +81,40 @@ def add_train_parser(sub) -> None:
                        "Several processes: torchrun --nproc_per_node N -m cora train ...")
     _common(p, epochs=35, lr_drop=None, ema=0.99996, dropout=0.2, clip=0.1)
     p.add_argument("--prompt", default=None, help="region prompt file from `cora train-prompt` (prompt.pth) or an "
-                   "official prompt file")
-    p.add_argument("--init", default=None, help="a cora checkpoint folder to start from (e.g. a converted release)")
-    p.set_defaults(run=run_train, stage="localizer")
+                   "official prompt file (default: the --init checkpoint's, else CLIP's attention pool)")
+    p.set_defaults(run=run, stage="localizer")
 
 
 def add_train_prompt_parser(sub) -> None:
     p = sub.add_parser("train-prompt", help="stage 1: train the region prompt (everything else frozen)",
                        description="Cross-entropy over the training vocabulary on ground-truth boxes; exports prompt.pth.")
     _common(p, epochs=5, lr_drop=4, ema=0.0, dropout=0.0, clip=0.0)
-    p.set_defaults(run=run_train, stage="prompt", prompt=None, init=None)
+    p.set_defaults(run=run, stage="prompt", prompt=None)
 
 
-def load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
-    """A YAML / JSON mapping of flag names (dashes or underscores) to values -> parser defaults by dest.
-    Unknown names are errors (with the closest flag)."""
-    import json
-
-    import yaml
-
-    from cora.config import unknown_name_message
-
-    text = Path(path).read_text()
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
-    flags = {a.option_strings[0][2:].replace("-", "_"): a.dest for a in parser._actions
-             if a.option_strings and a.option_strings[0].startswith("--") and a.dest not in ("help", "config")}
-    out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in flags:
-            raise ValueError(f"--config {path}: " + unknown_name_message("flag", name, flags))
-        out[flags[name]] = value
-    return out
-
-
-def run_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from cora.config import apply_overrides, get_preset
+def run(args: argparse.Namespace) -> int:
     from cora.data.coco import build_dataset
     from cora.data.lvis import build_lvis_dataset
     from cora.data.transforms import scaled_train_transforms
     from cora.engine import distributed
-    from cora.checkpoint import load_checkpoint, load_into
     from cora.engine.convert import load_prompt_file
     from cora.engine.train_localizer import train_localizer
     from cora.engine.train_prompt import train_prompt
     from cora.engine.trainer import TrainConfig
-    from cora.modeling.detector import CORA
 
-    try:
+    with common.user_errors(KeyError):
         if args.data is None and (args.ann_file is None or args.images is None) or args.out is None:
-            raise ValueError("--data (or --ann-file and --images) and --out are required (flags or --config keys)")
-        info = distributed.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        cfg = apply_overrides(get_preset(args.preset), args.overrides)
-        data = Path(args.data) if args.data else None
-        split = args.split or (str(data / "split.json") if data and (data / "split.json").is_file() else None)
-        build = build_lvis_dataset if args.lvis else build_dataset
-        ds = build(args.ann_file or data / "instances_train.json", args.images or data, train=True, split=split,
-                   transforms=scaled_train_transforms(cfg.inference.min_size, cfg.inference.max_size))
-        model = CORA.from_config(cfg, clip_weights=args.clip_weights, random_init=args.random_init)
-        if args.init:
-            state, _ = load_checkpoint(args.init)
-            load_into(model, state)
+            raise UserError("--data (or --ann-file and --images) and --out are required (flags or --config keys)")
+        info = distributed.init_distributed(common.resolve_device(args.device))
+        data = common.data_dir(args)
+        split = common.split_file(args.split, data)
+        model = training_model(args, info.device)
         if args.prompt:
             model.region_classifier.load_prompt(load_prompt_file(args.prompt))
-        model.to(info.device)
+        build = build_lvis_dataset if args.lvis else build_dataset
+        sizes = model.cfg.inference
+        ds = build(args.ann_file or data / "instances_train.json", args.images or data, train=True, split=split,
+                   transforms=scaled_train_transforms(sizes.min_size, sizes.max_size))
         val_split = "lvis" if args.lvis else "coco-ovd"
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, class_dropout=args.class_dropout,
@@ -151,26 +127,48 @@ def run_train(args: argparse.Namespace) -> int:
         fn = train_prompt if args.stage == "prompt" else train_localizer
         log = fn(model, ds, args.out, tcfg, resume=args.resume, progress=not args.no_progress and info.is_main,
                  evaluator=evaluator)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        print(f"cora {args.command}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
     if info.is_main:
         last = log[-1]["loss"] if log else float("nan")
         print(f"{len(log)} steps, last loss {last:.4f}; wrote {args.out}")
     return 0
 
 
+def training_model(args: argparse.Namespace, device):
+    """The model to train, on `device`: the --init checkpoint (its config), else the preset with fresh CORA
+    weights drawn after --seed and CLIP weights from --clip-weights or the config's tag (random with
+    --random-init)."""
+    from cora.checkpoint import load_model
+
+    source = common.model_source(args)
+    if args.checkpoint is not None or args.random_init:
+        return load_model(**source, device=device)
+    # TODO(#14): load_model refuses a model without learned weights (right for inference, where they would be
+    # random); training starts from one. Until load_model can build it, this does what load_model does.
+    import torch
+
+    from cora.config import apply_overrides, get_preset
+    from cora.modeling.detector import CORA
+
+    cfg = apply_overrides(get_preset(source["preset"]), source["overrides"])
+    torch.manual_seed(source["seed"])
+    try:
+        model = CORA.from_config(cfg, clip_weights=source["clip_weights"])
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({common.first_line(e)}); "
+                        "without the model hub, pass --clip-weights PATH to a local open_clip checkpoint") from e
+    return model.to(device)
+
+
 def _evaluator(args, data: Path | None, split: str | None, val_split: str):
     """evaluator(model) -> metrics (process 0) / None, on the validation ground truth."""
     from cora.engine import evaluate as ev
-    from cora.engine.eval_cli import _parse_novel
     from cora.engine.inference import evaluate_model, image_files
 
     gt_path = args.val_gt or (data / "instances_val.json" if data else None)
     if gt_path is None:
-        raise ValueError("--eval-every needs --val-gt (or --data holding instances_val.json)")
+        raise UserError("--eval-every needs --val-gt (or --data holding instances_val.json)")
     gt = ev.load_ground_truth(str(gt_path), val_split)
-    novel, base = _parse_novel(split) if val_split == "coco-ovd" and split and split.endswith(".json") else (None, None)
+    novel, base = ev.parse_novel(split) if val_split == "coco-ovd" and split and split.endswith(".json") else (None, None)
     images = Path(args.val_images or args.images or data)
     image_files(gt["images"], images, "validation images", ": pass --val-images")  # now, not after an epoch
 

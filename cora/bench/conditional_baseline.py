@@ -1,5 +1,5 @@
 """OV-DETR-style conditional matching on CORA's backbone and localizer: the inference-cost reference of
-`benchmarks/vocab_scaling.py`.
+`cora.bench.vocab_scaling` (`python benchmarks/vocab_scaling.py`).
 
 OV-DETR (Zang et al., "Open-Vocabulary DETR with Conditional Matching", ECCV 2022;
 github.com/yuhangzang/OV-DETR) makes the decoder answer "where are the objects of *this* class?": each
@@ -66,7 +66,7 @@ OVDETR_CLASSES_PER_PASS = 15    # `--max_len 15` / `num_patch = 15` in OV-DETR
 OVDETR_MAX_DETECTIONS = 300     # `OVPostProcess`: top 300 over all chunks
 
 
-def _no_mark(stage: str) -> None:
+def no_mark(stage: str) -> None:
     """Stage boundaries are ignored unless a timer is given."""
 
 
@@ -176,7 +176,7 @@ class ConditionalMatchingBaseline(nn.Module):
         return self
 
     def forward(self, images: Tensor, image_sizes: Tensor, text_embeddings: Tensor,
-                mark: Callable[[str], None] = _no_mark) -> dict[str, Tensor]:
+                mark: Callable[[str], None] = no_mark) -> dict[str, Tensor]:
         """All K classes, ceil(K / R) decoder passes.
 
         images: Tensor[B, 3, H, W] RGB in [0, 1]; image_sizes: Tensor[B, 2] (h, w); text_embeddings: Tensor[K, D].

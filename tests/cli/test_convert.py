@@ -1,4 +1,4 @@
-"""Importing an official-format CORA release (made here with the official key names and shapes)."""
+"""`cora convert`: importing an official-format CORA release (made here with the official key names and shapes)."""
 
 import argparse
 
@@ -54,9 +54,9 @@ def test_converts_and_loads_with_no_missing_keys(release, tmp_path, capsys):
     load_into(fresh, state)  # raises on any missing / unexpected key
     images, sizes = torch.rand(1, 3, 64, 96), torch.tensor([[64, 96]])
     text = torch.nn.functional.normalize(torch.randn(4, model.backbone.embed_dim), dim=-1)
-    a, b = run(model, images, sizes, text), run(fresh, images, sizes, text)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    a, b = run(model, images, sizes, text), run(fresh, images, sizes, text)  # (boxes, scores, labels) each
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 def test_refuses_arbitrary_pickles(tmp_path, capsys):

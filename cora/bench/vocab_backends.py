@@ -1,7 +1,7 @@
-"""The runners of benchmarks/vocab_scaling.py: one per (method, backend), and the set-up of each backend.
+"""The runners of cora.bench.vocab_scaling (`python benchmarks/vocab_scaling.py`): one per (method, backend), and the set-up of each backend.
 
 Methods: "cora" (CORA: anchor pre-matching, one decoder pass for any K) and "conditional" (the OV-DETR-style
-baseline of benchmarks/conditional_baseline.py, sharing CORA's backbone and localizer, ceil(K / 15) passes).
+baseline of cora.bench.conditional_baseline, sharing CORA's backbone and localizer, ceil(K / 15) passes).
 Backends (`BACKENDS`): eager (both methods, with the per-stage split of `CORA_STAGES` / `BASELINE_STAGES`),
 compile (both, `torch.compile` through `CompiledWithFallback`), onnxruntime and tensorrt (CORA's exported graph
 only, through `cora.runtime`). `backend_status` says whether a backend can run here; `setup_runners` builds
@@ -10,7 +10,7 @@ every available one and records why one that cannot be set up is skipped.
 Inputs: one image [1, 3, H, W] in [0, 1] (already resized and padded; its valid size is the whole input) and
 the text embeddings of the current K, [K, D] random unit vectors (`Inputs`). A `Runner` processes the image
 once per `run(timer)`, from pixel normalisation to detections, marking its stages on a
-`benchmarks.timing.StageTimer`.
+`cora.bench.timing.StageTimer`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from typing import Callable
 
 import torch
 
-from benchmarks.timing import CompileTimeout, StageTimer
+from cora.bench.timing import CompileTimeout, StageTimer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORA_STAGES = ("backbone", "pre-matching", "localizer", "region classification", "post-processing")
 BASELINE_STAGES = ("backbone", "encoder", "decoder", "post-processing")
 
@@ -35,8 +34,8 @@ BASELINE_STAGES = ("backbone", "encoder", "decoder", "post-processing")
 BACKENDS: dict[str, str] = {
     "eager": "PyTorch eager, with the per-stage split",
     "compile": "torch.compile (default mode) of CORA's forward and the baseline's stages",
-    "onnxruntime": "CORA's ONNX graph (export/to_onnx.py) in ONNX Runtime (cora.runtime.onnx.OnnxDetector)",
-    "tensorrt": "CORA's TensorRT engine (export/to_trt.py)",
+    "onnxruntime": "CORA's ONNX graph (cora.export.onnx) in ONNX Runtime (cora.runtime.onnx.OnnxDetector)",
+    "tensorrt": "CORA's TensorRT engine (cora.export.tensorrt)",
 }
 
 
@@ -60,7 +59,7 @@ class Runner:
 def build_models(cfg, device: str, dtype: torch.dtype, queries_per_class: int, seed: int):
     """CORA with random weights drawn after `torch.manual_seed(seed)` (export_onnx draws the same ones)
     and the baseline sharing its backbone and localizer."""
-    from benchmarks.conditional_baseline import ConditionalMatchingBaseline
+    from cora.bench.conditional_baseline import ConditionalMatchingBaseline
     from cora.modeling.detector import CORA
 
     torch.manual_seed(seed)
@@ -89,21 +88,12 @@ class Inputs:
 
 
 def cora_runner(model, inputs: Inputs, backend: str, compile_timeout_s: float | None) -> Runner:
-    from cora.modeling.postprocess import postprocess
-
-    ic = model.cfg.inference
-
-    def detections(out) -> None:
-        postprocess(out["class_logits"], out["objectness"][-1], out["boxes"][-1], inputs.sizes,
-                    ic.score_threshold, ic.nms_iou, ic.max_detections, ic.pre_nms_topk)
-
+    """CORA's `forward`: the detection graph, scoring and NMS included (what `detect` and the export run)."""
     if backend == "eager":
         def run(timer: StageTimer) -> None:
             with _cora_stage_hooks(model, timer):
                 timer.begin("backbone")
-                out = model(inputs.images, inputs.sizes, inputs.text)
-            timer.mark("post-processing")
-            detections(out)
+                model(inputs.images, inputs.sizes, inputs.text)
 
         return Runner("cora", backend, inputs.set_vocabulary, run, CORA_STAGES)
     if backend == "compile":
@@ -111,7 +101,7 @@ def cora_runner(model, inputs: Inputs, backend: str, compile_timeout_s: float | 
 
         def run(timer: StageTimer) -> None:
             timer.begin("total")
-            detections(compiled(inputs.images, inputs.sizes, inputs.text))
+            compiled(inputs.images, inputs.sizes, inputs.text)
 
         return Runner("cora", backend, inputs.set_vocabulary, run, None, compile_timeout_s)
     raise ValueError(f"no CORA runner for backend {backend!r}")
@@ -125,7 +115,8 @@ def _cora_stage_hooks(model, timer: StageTimer):
     backbone: normalisation + stem..layer3. pre-matching: layer4 on the whole map (it only feeds the
     pre-matching) + RoIAlign + prompted attention pool per anchor + cosine / argmax + text projection.
     localizer: padding mask + encoder + decoder + box / objectness heads. region classification: boxes to
-    pixels + RoIAlign + layer4 + attention pool per box + cosine with the K classes.
+    pixels + RoIAlign + layer4 + attention pool per box + cosine with the K classes. post-processing: scoring,
+    top-k and NMS (cora.modeling.scoring).
     """
     def layer4(*args) -> None:
         # layer4 also runs per box in the region classifier: only its first call (the whole map) is a boundary.
@@ -136,6 +127,7 @@ def _cora_stage_hooks(model, timer: StageTimer):
         model.backbone.visual.layer4.register_forward_pre_hook(layer4),
         model.localizer.register_forward_pre_hook(lambda *a: timer.mark("localizer")),
         model.localizer.register_forward_hook(lambda *a: timer.mark("region classification")),
+        model.region_classifier.register_forward_hook(lambda *a: timer.mark("post-processing")),
     ]
     try:
         yield
@@ -145,7 +137,7 @@ def _cora_stage_hooks(model, timer: StageTimer):
 
 
 def baseline_runner(baseline, inputs: Inputs, backend: str, compile_timeout_s: float | None) -> Runner:
-    from benchmarks.conditional_baseline import ConditionalMatchingBaseline, _no_mark, postprocess_conditional
+    from cora.bench.conditional_baseline import ConditionalMatchingBaseline, no_mark, postprocess_conditional
 
     if backend == "compile":
         # A second instance sharing the same backbone and localizer, so the eager one stays eager.
@@ -162,7 +154,7 @@ def baseline_runner(baseline, inputs: Inputs, backend: str, compile_timeout_s: f
 
     def run(timer: StageTimer) -> None:
         timer.begin("backbone" if eager else "total")
-        out = baseline(inputs.images, inputs.sizes, inputs.text, mark=timer.mark if eager else _no_mark)
+        out = baseline(inputs.images, inputs.sizes, inputs.text, mark=timer.mark if eager else no_mark)
         if eager:
             timer.mark("post-processing")
         postprocess_conditional(out["logits"], out["boxes"], inputs.sizes, baseline.queries_per_class,
@@ -226,10 +218,9 @@ def backend_status(backend: str, device: str, dtype: str) -> str | None:
     if backend == "compile":
         return None  # compile failures and time-outs are caught per run and reported
     if backend == "onnxruntime":
-        missing = [p for p in ("export/to_onnx.py", "cora/runtime/onnx.py")
-                   if not os.path.isfile(os.path.join(ROOT, p))]
+        missing = [m for m in ("cora.export.onnx", "cora.runtime.onnx") if importlib.util.find_spec(m) is None]
         if missing:
-            return f"unavailable: {' and '.join(missing)} not in this tree yet (the ONNX export is built separately)"
+            return f"unavailable: {' and '.join(missing)} not in this installation"
         if importlib.util.find_spec("onnxruntime") is None:
             return "unavailable: onnxruntime not installed"
         if dtype != "fp32":
@@ -240,20 +231,20 @@ def backend_status(backend: str, device: str, dtype: str) -> str | None:
             return "unavailable: TensorRT not installed"
         if device != "cuda":
             return "unavailable: TensorRT needs --device cuda"
-        missing = [p for p in ("export/to_onnx.py", "export/to_trt.py", "cora/runtime/tensorrt.py")
-                   if not os.path.isfile(os.path.join(ROOT, p))]
+        missing = [m for m in ("cora.export.onnx", "cora.export.tensorrt", "cora.runtime.tensorrt")
+                   if importlib.util.find_spec(m) is None]
         if missing:
-            return f"unavailable: {' and '.join(missing)} not in this tree"
+            return f"unavailable: {' and '.join(missing)} not in this installation"
         return None
     raise ValueError(f"unknown backend {backend!r}")
 
 
 def export_onnx(cfg, args, preset, directory: str) -> tuple[str, float]:
     """CORA (fp32, CPU, the benchmark's seed: the same weights) -> `<directory>/cora.onnx` through
-    export/to_onnx.py, static input size. `preset`: the run's vocab_scaling.Preset (its model and overrides
+    cora.export.onnx, static input size. `preset`: the run's vocab_scaling.Preset (its model and overrides
     go into the export's sidecar). Returns (path, seconds); the export is not timed."""
     from cora.modeling.detector import CORA
-    from export.to_onnx import export_detector
+    from cora.export.onnx import export_detector
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -261,13 +252,14 @@ def export_onnx(cfg, args, preset, directory: str) -> tuple[str, float]:
     path = os.path.join(directory, "cora.onnx")
     source = {"preset": preset.model, "overrides": list(preset.overrides) + list(args.set), "checkpoint": None,
               "clip_weights": None, "random_init": True, "seed": args.seed}
-    export_detector(model, cfg, path, source=source, image_size=args.image_size)
+    # The parity check is the export tests' job (tests/export); here the file is only timed.
+    export_detector(model, path, source=source, image_size=args.image_size, check=False)
     return path, time.perf_counter() - start
 
 
 def exported_runner(backend: str, detector, inputs: Inputs, images, memory: str | None) -> Runner:
     """A `cora.runtime` detector (OnnxDetector, TensorRTDetector) on the already padded image: its graph
-    runs normalisation -> detections, as eager's forward + postprocess. Its `detect` would add the
+    runs normalisation -> detections, as eager's forward. Its `detect` would add the
     letterbox resize (pre-processing), so the graph is called directly: ONNX Runtime's `session.run`,
     TensorRT's `_run` (feeds, execution, stream synchronisation)."""
     import numpy as np
@@ -312,7 +304,7 @@ def setup_runners(args, preset, cfg, model, baseline, inputs: Inputs, statuses: 
                 runners.append(baseline_runner(baseline, inputs, backend, args.compile_timeout_s))
                 continue
             if "onnx" not in exported:
-                print("exporting CORA to ONNX (export/to_onnx.py; not timed) ...", file=sys.stderr, flush=True)
+                print("exporting CORA to ONNX (cora.export.onnx; not timed) ...", file=sys.stderr, flush=True)
                 exported["onnx"], exported["export_s"] = export_onnx(cfg, args, preset, workdir)
             if backend == "onnxruntime":
                 from cora.runtime.onnx import OnnxDetector
@@ -325,7 +317,7 @@ def setup_runners(args, preset, cfg, model, baseline, inputs: Inputs, statuses: 
                 memory = "cuda" if "CUDAExecutionProvider" in providers and args.device == "cuda" else "cpu"
             else:
                 from cora.runtime.tensorrt import TensorRTDetector
-                from export.to_trt import build_engine
+                from cora.export.tensorrt import build_engine
 
                 engine = os.path.join(workdir, "cora.engine")
                 h, w = args.image_size
@@ -335,7 +327,7 @@ def setup_runners(args, preset, cfg, model, baseline, inputs: Inputs, statuses: 
                              batch_profile=[1, 1, 1], workspace_gib=4.0)
                 detector = TensorRTDetector(engine, device=args.device)
                 images = inputs.images.float()
-                exported["tensorrt"] = (f"engine {'fp16' if args.dtype == 'fp16' else 'fp32'} from export/to_trt.py; "
+                exported["tensorrt"] = (f"engine {'fp16' if args.dtype == 'fp16' else 'fp32'} from cora.export.tensorrt; "
                                         "memory not measured: TensorRT allocates outside torch")
                 memory = None
             runners.append(exported_runner(backend, detector, inputs, images, memory))

@@ -1,4 +1,4 @@
-"""The measurement protocol of benchmarks/vocab_scaling.py: cells of (method, backend, K).
+"""The measurement protocol of cora.bench.vocab_scaling: cells of (method, backend, K).
 
 `measure_cell` runs one cell: `prepare(K)`, warm-up runs (the first one under the compile time limit), then
 timed runs inside `PeakMemory`; it returns a result dict of the JSON's "results" list: latency in ms
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from benchmarks.common import percentile
-from benchmarks.timing import Budget, CompileTimeout, PeakMemory, StageTimer, time_limit
-from benchmarks.vocab_backends import Runner, first_line
+from cora.bench.common import percentile
+from cora.bench.timing import Budget, CompileTimeout, PeakMemory, StageTimer, time_limit
+from cora.bench.vocab_backends import Runner, first_line
 
 STOPPED = "stopped at budget"
 

@@ -1,6 +1,6 @@
-"""What benchmarks/vocab_scaling.py reports: the shapes, the tables, the summary and the plot.
+"""What cora.bench.vocab_scaling reports: the shapes, the tables, the summary and the plot.
 
-Inputs are the result dicts of `benchmarks.vocab_cells` (one per (method, backend, K); latencies in ms per
+Inputs are the result dicts of `cora.bench.vocab_cells` (one per (method, backend, K); latencies in ms per
 image, memory in MB). `results_table` is the main table (median / p90, peak and delta memory, baseline /
 CORA), `stage_table` the eager time per stage, `summarize` the JSON's "summary" (CORA's flatness
 latency(K max) / latency(K min) and the speedup over the baseline per K, per backend), `plot` the PNG
@@ -9,7 +9,7 @@ latency(K max) / latency(K min) and the speedup over the baseline per K, per bac
 
 from __future__ import annotations
 
-from benchmarks.common import format_table
+from cora.bench.common import format_table
 from cora.fileio import atomic_write
 
 # The methods measured, in table and plot order, with their titles.

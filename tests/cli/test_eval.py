@@ -1,4 +1,4 @@
-"""`cora eval` end to end through add_eval_parser / run_eval: scoring a detections file, and running a tiny
+"""`cora eval` end to end through cora.cli.eval's add_parser / run: scoring a detections file, and running a tiny
 random model over a synthetic dataset."""
 
 import argparse
@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from cora.cli import CLIError
-from cora.engine.eval_cli import add_eval_parser
+from cora.cli.eval import add_parser
+from cora.errors import UserError
 
 from tests.engine.test_evaluate import ANNS, coco_gt, lvis_gt, perfect
 
 
 def cora_eval(argv):
     parser = argparse.ArgumentParser(prog="cora")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", *argv])
     return args.run(args)
 
@@ -78,7 +78,7 @@ def test_novel_split_file(files, tmp_path):
 ])
 def test_errors_are_one_line(files, tmp_path, argv, message):
     argv = [a.format(tmp=tmp_path, gt=files["gt"], dets=files["dets"]) for a in argv]
-    with pytest.raises(CLIError, match=message) as e:
+    with pytest.raises(UserError, match=message) as e:
         cora_eval([*argv, "--out", files["out"]])
     assert "\n" not in str(e.value)
 
@@ -116,3 +116,42 @@ def test_model_run_lvis_format(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 1 and set(metrics["metrics"]) >= {"AP", "APr", "APc", "APf"}
     assert metrics["config"]["inference"]["max_detections"] == 300
+
+
+@pytest.mark.parametrize("argv, line, context, topk, prior", [
+    ([], "protocol official (the official evaluation code): prompts cut at 15 tokens, every (box, class) pair "
+         "above the score threshold into NMS, novel prior x8", 15, 0, 8.0),
+    (["--protocol", "cora"], "protocol cora: prompts cut at 77 tokens, the best 3000 (box, class) pairs per image "
+                             "into NMS, novel prior x1", 77, 3000, 1.0),
+    # the user's --set and --novel-prior win over the protocol's settings, and the line says so
+    (["--set", "text_context_length=20", "--novel-prior", "2"], "protocol official (the official evaluation code): "
+     "prompts cut at 20 tokens, every (box, class) pair above the score threshold into NMS, novel prior x2", 20, 0, 2.0),
+])
+def test_protocol_is_applied_and_printed(tmp_path, capsys, argv, line, context, topk, prior):
+    synthetic = pytest.importorskip("cora.data.synthetic")
+    data = tmp_path / "shapes"
+    synthetic.write_synthetic(data, num_images=2, seed=0, size=(64, 64), val_fraction=0.5)
+    out = tmp_path / "out"
+    assert cora_eval(["--data", str(data), "--split", "coco-ovd", "--random-init", "--preset", "tiny",
+                      "--device", "cpu", "--out", str(out), *argv]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == ("cora" if "cora" in argv else "official") and metrics["novel_prior"] == prior
+    assert metrics["config"]["text_context_length"] == context
+    assert metrics["config"]["inference"]["pre_nms_topk"] == topk
+
+
+def test_protocol_defaults_per_split():
+    from cora.cli.eval import protocol_settings
+
+    assert protocol_settings("official", "coco-ovd", None) == (["text_context_length=15", "inference.pre_nms_topk=0"],
+                                                               8.0)
+    assert protocol_settings("official", "lvis", None)[1] == 1.0  # the x 8 is the official COCO evaluation's
+    assert protocol_settings("cora", "coco-ovd", None) == ([], 1.0)
+    assert protocol_settings("cora", "coco-ovd", 3) == ([], 3.0)
+
+
+def test_protocol_flags_with_detections_are_refused(files):
+    with pytest.raises(UserError, match="drop --protocol, --novel-prior"):
+        cora_eval(["--detections", files["dets"], "--gt", files["gt"], "--split", "coco-ovd", "--protocol", "cora",
+                   "--novel-prior", "2", "--out", files["out"]])

@@ -1,18 +1,17 @@
-"""`cora train-prompt` then `cora train` (the parsers, as the lead wires them) on synthetic data."""
+"""`cora train-prompt` then `cora train` (cora.cli.train, through cora.cli.main) on synthetic data."""
 
 import argparse
 
 import torch
 
+from cora.cli import main
+from cora.cli.train import add_parser
 from cora.data.synthetic import write_synthetic
-from cora.engine.train_cli import add_train_parser, add_train_prompt_parser
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(prog="cora")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_parser(sub)
-    add_train_prompt_parser(sub)
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
@@ -35,9 +34,8 @@ def test_train_prompt_then_train_and_resume(tmp_path):
 
 
 def test_bad_data_exits_1(tmp_path, capsys):
-    args = parse(["train", "--data", str(tmp_path / "missing"), "--preset", "tiny", "--random-init",
-                  "--out", str(tmp_path / "o"), "--no-progress"])
-    assert args.run(args) == 1
+    assert main(["train", "--data", str(tmp_path / "missing"), "--preset", "tiny", "--random-init",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 1
     assert "cora train:" in capsys.readouterr().err
 
 
@@ -57,10 +55,9 @@ def test_checkpoint_loads_into_a_fresh_model(tmp_path):
 
 def test_missing_images_are_reported_before_training(tmp_path, capsys):
     write_synthetic(tmp_path / "d", num_images=4, seed=3, size=(64, 64))
-    args = parse(["train", "--ann-file", str(tmp_path / "d" / "instances_train.json"), "--preset", "tiny",
-                  "--random-init", "--out", str(tmp_path / "o"), "--no-progress"])
-    assert args.run(args) == 1 and "--ann-file and --images" in capsys.readouterr().err
-    args = parse(["train", "--data", str(tmp_path / "d"), "--preset", "tiny", "--random-init", "--eval-every", "1",
-                  "--val-images", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
-    assert args.run(args) == 1
+    assert main(["train", "--ann-file", str(tmp_path / "d" / "instances_train.json"), "--preset", "tiny",
+                 "--random-init", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "--ann-file and --images" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "d"), "--preset", "tiny", "--random-init", "--eval-every", "1",
+                 "--val-images", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"]) == 1
     assert "validation images not found" in capsys.readouterr().err and not (tmp_path / "o" / "log.jsonl").exists()

@@ -1,5 +1,5 @@
-"""benchmarks/vocab_scaling.py and its parts (timing, vocab_backends, vocab_cells, vocab_report; smoke preset: tiny
-model, seconds) and the OV-DETR-style baseline it measures."""
+"""cora.bench.vocab_scaling (`python benchmarks/vocab_scaling.py`) and its parts (timing, vocab_backends,
+vocab_cells, vocab_report; smoke preset: tiny model, seconds) and the OV-DETR-style baseline it measures."""
 
 import importlib.util
 import json
@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from benchmarks import vocab_scaling
-from benchmarks.conditional_baseline import ConditionalMatchingBaseline, postprocess_conditional
-from benchmarks.timing import StageTimer
-from benchmarks.vocab_backends import BASELINE_STAGES, CORA_STAGES, Inputs, backend_status, cora_runner
-from benchmarks.vocab_cells import STOPPED
+from cora.bench import vocab_scaling
+from cora.bench.conditional_baseline import ConditionalMatchingBaseline, postprocess_conditional
+from cora.bench.timing import StageTimer
+from cora.bench.vocab_backends import BASELINE_STAGES, CORA_STAGES, Inputs, backend_status, cora_runner
+from cora.bench.vocab_cells import STOPPED
 from cora.config import get_preset
 from cora.modeling.detector import CORA
 

@@ -1,11 +1,12 @@
 """Timing and machine description shared by the benchmark scripts.
 
-`measure` (median / p90 of repeated calls, ms; CUDA events on CUDA) is built on `benchmarks.timing.StageTimer`;
+`measure` (median / p90 of repeated calls, ms; CUDA events on CUDA) is built on `cora.bench.timing.StageTimer`;
 `percentile` is the one p90 rule of every script; `machine_info` and `format_table` describe the run.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -13,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.timing import StageTimer
+from cora.bench.timing import StageTimer
 from cora.fileio import write_json  # noqa: F401  (the scripts' atomic JSON writer)
 
 
@@ -56,6 +57,14 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def default_out_dir() -> str:
+    """Where a benchmark writes its results when neither its --out-dir nor an explicit file is given:
+    ./benchmarks/results when that folder exists (the root of a source checkout), else the current directory.
+    The scripts in benchmarks/ pass their own results folder instead, whatever the current directory."""
+    checkout = os.path.join("benchmarks", "results")
+    return checkout if os.path.isdir(checkout) else "."
 
 
 def _cpu_model() -> str:

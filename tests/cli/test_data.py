@@ -1,4 +1,4 @@
-"""`cora data make-synthetic` and `cora data make-ovd-json`, through cora.data.cli's parser and run functions."""
+"""`cora data make-synthetic` and `cora data make-ovd-json`, through cora.cli.data's parser and run function."""
 
 import argparse
 import json
@@ -6,15 +6,15 @@ import os
 
 import pytest
 
-from cora.cli import CLIError
-from cora.data.cli import add_data_parser
+from cora.cli.data import add_parser
 from cora.data.splits import COCO_BASE_CLASSES
+from cora.errors import UserError
 from tests.data.test_splits import OFFICIAL_NOVEL_IDS, small_instances
 
 
 def run(argv):
     parser = argparse.ArgumentParser(prog="cora")
-    add_data_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.run(args)
 
@@ -32,7 +32,7 @@ def test_make_synthetic(tmp_path, capsys):
 
 
 def test_make_synthetic_bad_size(tmp_path):
-    with pytest.raises(CLIError, match="at least 32 x 32"):
+    with pytest.raises(UserError, match="at least 32 x 32"):
         run(["data", "make-synthetic", str(tmp_path), "--images", "2", "--size", "8", "8"])
 
 
@@ -75,22 +75,22 @@ def test_make_ovd_json_with_a_split_file(tmp_path):
 
 def test_make_ovd_json_errors(instances, tmp_path):
     base = ["data", "make-ovd-json", "--split", "train", "--out", str(tmp_path / "o.json")]
-    with pytest.raises(CLIError, match="No such file"):
+    with pytest.raises(UserError, match="No such file"):
         run([*base, "--instances", str(tmp_path / "missing.json")])
     data = small_instances()
     next(c for c in data["categories"] if c["name"] == "tv")["name"] = "tvmonitor"
     renamed = tmp_path / "renamed.json"
     renamed.write_text(json.dumps(data))
-    with pytest.raises(CLIError, match="'tv' \\(did you mean 'tvmonitor'\\?\\)"):
+    with pytest.raises(UserError, match="'tv' \\(did you mean 'tvmonitor'\\?\\)"):
         run([*base, "--instances", str(renamed)])
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(CLIError, match="broken.json"):
+    with pytest.raises(UserError, match="broken.json"):
         run([*base, "--instances", str(broken)])
-    with pytest.raises(CLIError, match="has no 'categories'"):
+    with pytest.raises(UserError, match="has no 'categories'"):
         broken.write_text("{}")
         run([*base, "--instances", str(broken)])
-    with pytest.raises(CLIError, match="would overwrite"):
+    with pytest.raises(UserError, match="would overwrite"):
         run(["data", "make-ovd-json", "--split", "val", "--instances", str(instances), "--out", str(instances)])
     with pytest.raises(SystemExit):
         run([*base, "--instances", str(instances), "--split", "test"])

@@ -1,4 +1,4 @@
-"""`cora detect` end to end on generated images (tiny preset, random weights)."""
+"""`cora detect` end to end on generated images (tiny preset, random weights), through cora.cli.main."""
 
 import json
 
@@ -47,7 +47,7 @@ def test_vocab_file(images, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--vocab", "cat"], "no CORA weights: pass --checkpoint DIR"),
+        (["--vocab", "cat"], "no CORA weights"),
         (["--vocab", "cat", "--random-init", "--preset", "tiny"], "cannot read image"),
         (["--vocab", " , ", "--random-init", "--preset", "tiny"], "vocabulary"),
         (["--vocab", "cat", "--random-init", "--preset", "rn5O_coco"], "did you mean 'rn50_coco'"),
@@ -64,12 +64,3 @@ def test_errors_are_one_line_and_exit_1(tmp_path, capsys, extra, message):
 def test_missing_image(tmp_path, capsys):
     assert main(["detect", str(tmp_path / "nope.jpg"), "--vocab", "cat", "--random-init", "--preset", "tiny"]) == 1
     assert "image not found" in capsys.readouterr().err
-
-
-def test_bench_runs_the_benchmark_script(tmp_path):
-    out = tmp_path / "vocab.json"
-    assert main(["bench", "vocab", "--preset", "smoke", "--no-progress", "--json", str(out),
-                 "--plot", str(tmp_path / "vocab.png")]) == 0
-    result = json.loads(out.read_text())
-    assert result["preset"] == "smoke" and result["results"]
-    assert main(["bench", "kernels", "--device", "nonsense"]) == 2  # the script's own argument errors

@@ -7,7 +7,7 @@ of runs, a time budget and a time limit.
 - `Budget`: seconds spent by one method on one backend, to stop it once they pass a limit.
 - `time_limit`: raise `CompileTimeout` after a number of seconds (SIGALRM), for first calls that compile.
 
-`benchmarks.common.measure` (median / p90 of repeated calls) times each call with `StageTimer`. Every module
+`cora.bench.common.measure` (median / p90 of repeated calls) times each call with `StageTimer`. Every module
 here imports torch: a script that sets OpenMP's environment (vocab_scaling.py) does so before importing it.
 """
 

@@ -1,30 +1,33 @@
-"""The `cora data` command group: `cora data make-synthetic`, `cora data make-ovd-json`.
+"""`cora data`: the dataset command group: `cora data make-synthetic`, `cora data make-ovd-json`.
 
     cora data make-synthetic shapes --images 200 --seed 0 --size 128 128
     cora data make-ovd-json --instances instances_train2017.json --split train --out instances_train2017_base.json
     cora data make-ovd-json --instances instances_val2017.json --split val --out instances_val2017_ovd.json
 
-`add_data_parser(sub)` adds the group to the `cora` parser's subparsers; each verb is an add_parser / run
-pair, and heavy imports happen inside run.
+The work is cora.data (synthetic, splits); each verb here is an add_parser / run pair, with heavy imports
+inside run.
 """
 
 from __future__ import annotations
 
 import argparse
 
-
-def _cli_error(message: str) -> Exception:
-    from cora.cli import CLIError  # imported late: cora.cli imports this module
-
-    return CLIError(message)
+from cora.cli import common
+from cora.errors import UserError
 
 
-def add_data_parser(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("data", help="datasets: synthetic shapes, COCO / LVIS OVD jsons",
                        description="Prepare datasets for training and evaluation.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="data-command")
     add_make_synthetic_parser(data_sub)
     add_make_ovd_json_parser(data_sub)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    verbs = {"make-synthetic": run_make_synthetic, "make-ovd-json": run_make_ovd_json}
+    return verbs[args.data_command](args)
 
 
 def add_make_synthetic_parser(sub) -> None:
@@ -43,7 +46,6 @@ def add_make_synthetic_parser(sub) -> None:
     p.add_argument("--max-objects", type=int, default=6, help="most shapes per image, besides a crowd (default: 6)")
     p.add_argument("--colour-classes", action="store_true",
                    help='name classes "<colour> <shape>" (48 classes) instead of by shape only (8 classes)')
-    p.set_defaults(run=run_make_synthetic)
 
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
@@ -51,12 +53,10 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
 
     from cora.data.synthetic import write_synthetic
 
-    try:
+    with common.user_errors():
         written = write_synthetic(args.out, num_images=args.images, seed=args.seed, size=tuple(args.size),
                                   val_fraction=args.val_fraction, colour_classes=args.colour_classes,
                                   max_objects=args.max_objects)
-    except (ValueError, OSError) as e:
-        raise _cli_error(str(e)) from e
     with open(written["split"], encoding="utf-8") as f:
         split = json.load(f)
     print(f"wrote {args.images} images to {args.out}: {', '.join(p.name for p in written.values())}; "
@@ -77,7 +77,6 @@ def add_make_ovd_json_parser(sub) -> None:
     p.add_argument("--classes", default="coco",
                    help='base / novel classes: "coco" (48 / 17), "lvis" (rare = novel) or a split file '
                         '{"base": [...], "novel": [...]} (default: coco)')
-    p.set_defaults(run=run_make_ovd_json)
 
 
 def run_make_ovd_json(args: argparse.Namespace) -> int:
@@ -88,7 +87,7 @@ def run_make_ovd_json(args: argparse.Namespace) -> int:
     from cora.fileio import write_json
 
     if os.path.abspath(args.out) == os.path.abspath(args.instances):
-        raise _cli_error(f"--out {args.out} would overwrite the input --instances; choose another path")
+        raise UserError(f"--out {args.out} would overwrite the input --instances; choose another path")
     try:
         with open(args.instances, encoding="utf-8") as f:
             data = json.load(f)
@@ -97,8 +96,10 @@ def run_make_ovd_json(args: argparse.Namespace) -> int:
         split = load_split(args.classes, load_categories(data, where=repr(args.instances)))
         out = ovd_instances(data, split, args.split)
         write_json(args.out, out)
-    except (ValueError, OSError) as e:  # json.JSONDecodeError is a ValueError
-        raise _cli_error(f"{args.instances}: {e}" if isinstance(e, json.JSONDecodeError) else str(e)) from e
+    except json.JSONDecodeError as e:  # a ValueError without the file's name
+        raise UserError(f"{args.instances}: {e}") from e
+    except (ValueError, OSError) as e:
+        raise UserError(common.first_line(e)) from e
     print(f"wrote {args.out}: {len(out['categories'])} categories, {len(out['images'])} images, "
           f"{len(out['annotations'])} annotations")
     return 0
