@@ -12,10 +12,15 @@ largest scale that fits), the new size is round(side * scale) (at least 1), pixe
 with antialiasing (`torch.nn.functional.interpolate`, align_corners=False), clamped to [0, 1]. The batch is
 zero-padded at the bottom / right to multiples of SIZE_DIVISIBILITY (or to the fixed size). Training's random
 resizing (cora.data.transforms) draws its sizes but resizes with `resized_size` / `resize_image` too.
+
+The checks of the detector inputs live here too (`image_list`, `check_text_embeddings`, `check_class_prior`,
+`check_image_sizes`), so `CORA.detect` and the runtimes refuse the same inputs with the same message, naming
+the input, before any graph sees them.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -64,8 +69,64 @@ def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> 
     return batch, torch.tensor(sizes, dtype=torch.int64, device=batch.device)
 
 
+def as_tensor(x, name: str) -> Tensor:
+    """A numpy array or torch Tensor as a Tensor (numpy shares memory); anything else is refused naming `name`."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a numpy array or torch Tensor, got {type(x).__name__}")
+    return x
+
+
+def _value_range(x: Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty float tensor; NaN when it holds a NaN."""
+    lo, hi = torch.aminmax(x.detach())
+    return float(lo), float(hi)
+
+
+def check_text_embeddings(text_embeddings, embed_dim: int | None = None) -> Tensor:
+    """Tensor / ndarray [K, D] float, K >= 1, D = embed_dim (when given), every value finite -> the Tensor."""
+    t = as_tensor(text_embeddings, "text_embeddings")
+    if t.dim() != 2 or t.shape[0] == 0 or (embed_dim is not None and t.shape[1] != embed_dim):
+        expected = f"[K, {embed_dim}]" if embed_dim is not None else "[K, D]"
+        raise ValueError(f"text_embeddings must be {expected} with K >= 1, got shape {list(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"text_embeddings must be floating point, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        raise ValueError(f"text_embeddings must be finite: {bad} of {t.shape[0]} rows hold NaN or Inf")
+    return t
+
+
+def check_class_prior(class_prior, k: int) -> Tensor | None:
+    """Tensor / ndarray [K] float, each weight finite and >= 0 (None stays None: all ones) -> the Tensor."""
+    if class_prior is None:
+        return None
+    p = as_tensor(class_prior, "class_prior")
+    if tuple(p.shape) != (k,) or not p.is_floating_point():
+        raise ValueError(f"class_prior must be a float [K] = [{k}] (one weight per class), got {p.dtype} {list(p.shape)}")
+    lo, hi = _value_range(p)
+    if not (0 <= lo and hi < math.inf):  # NaN fails both
+        raise ValueError(f"class_prior must hold finite weights >= 0, got values in [{lo}, {hi}]")
+    return p
+
+
+def check_image_sizes(image_sizes, batch_shape: Sequence[int]) -> Tensor:
+    """Tensor / ndarray [B, 2] integer (h, w) with 1 <= h <= H and 1 <= w <= W of the batch [B, 3, H, W]."""
+    s = as_tensor(image_sizes, "image_sizes")
+    b, _, h, w = batch_shape
+    if tuple(s.shape) != (b, 2) or s.is_floating_point() or s.dtype == torch.bool:
+        raise ValueError(f"image_sizes must be an integer [B, 2] = [{b}, 2] of (h, w), got {s.dtype} {list(s.shape)}")
+    if not ((s >= 1).all() and (s[:, 0] <= h).all() and (s[:, 1] <= w).all()):
+        raise ValueError(f"image_sizes must be (h, w) with 1 <= h <= {h} and 1 <= w <= {w} (the batch's size), "
+                         f"got {s.tolist()}")
+    return s
+
+
 def image_list(images) -> list[Tensor]:
-    """Tensor / ndarray [B, 3, H, W] or a list of [3, H, W], float RGB in [0, 1] -> list of float Tensor[3, H, W]."""
+    """Tensor / ndarray [B, 3, H, W] or a list of [3, H, W], float RGB in [0, 1] -> list of float Tensor[3, H, W].
+    Integer images (uint8) and float ones outside [0, 1] (0..255, mean/std-normalised, NaN) are refused: the
+    model normalises inside, and a wrong range detects nothing without a word."""
     if isinstance(images, (np.ndarray, Tensor)):
         images = torch.as_tensor(images)
         if images.dim() != 4 or images.shape[1] != 3:
@@ -83,6 +144,10 @@ def image_list(images) -> list[Tensor]:
             raise ValueError(f"images[{i}] must be [3, H, W] RGB, got shape {list(img.shape)}")
         if not img.is_floating_point():
             raise ValueError(f"images[{i}] must be float in [0, 1], got {img.dtype} (divide uint8 images by 255)")
+        lo, hi = _value_range(img)
+        if not (0 <= lo and hi <= 1):  # NaN fails both
+            hint = " (divide 0..255 images by 255)" if 1 < hi <= 255 and lo >= 0 else ""
+            raise ValueError(f"images[{i}] must be float RGB in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
         out.append(img)
     return out
 

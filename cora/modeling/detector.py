@@ -27,7 +27,7 @@ from cora.modeling.scoring import boxes_to_pixels, detections
 from cora.modeling.prematch import AnchorPreMatcher
 from cora.modeling.region_classifier import RegionClassifier
 from cora.modeling.text import TextEmbedder
-from cora.preprocess import letterbox, to_original
+from cora.preprocess import check_class_prior, check_text_embeddings, letterbox, to_original
 from cora.vocabulary import load_vocabulary
 
 class CORA(nn.Module):
@@ -160,10 +160,10 @@ class CORA(nn.Module):
             raise ValueError("give exactly one of vocabulary (class names) and text_embeddings [K, D]")
         if text_embeddings is None:
             text_embeddings = self.encode_vocabulary(vocabulary)
-        if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
-            raise ValueError(f"text_embeddings must be Tensor[K, D] with K >= 1, got {list(text_embeddings.shape)}")
+        text_embeddings = check_text_embeddings(text_embeddings, self.backbone.embed_dim)
+        prior = check_class_prior(class_prior, text_embeddings.shape[0])
         batch, sizes, originals = self.preprocess(images)
-        prior = None if class_prior is None else class_prior.to(batch)
+        prior = None if prior is None else prior.to(batch)
         boxes, scores, labels = self.forward(batch, sizes, text_embeddings.to(batch), prior)
         return to_original(boxes, scores, labels, sizes, originals)
 

@@ -32,13 +32,13 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def _session(path, providers):
+def _session(path, providers, graph: str):
     import onnxruntime as ort
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist")
     session = ort.InferenceSession(os.fspath(path), providers=providers or default_providers())
-    meta = read_metadata(path, session.get_modelmeta().custom_metadata_map.get("cora"))
+    meta = read_metadata(path, session.get_modelmeta().custom_metadata_map.get("cora"), fmt="onnx", graph=graph)
     return session, meta
 
 
@@ -56,7 +56,7 @@ class OnnxDetector(ExportedDetector):
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, text_encoder=None,
                  min_size: int | None = None, max_size: int | None = None):
-        self.session, self.meta = _session(path, providers)
+        self.session, self.meta = _session(path, providers, "detector")
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "images" not in inputs or "class_prior" not in inputs:
             raise ValueError(f"{path!r} is not a CORA detector export: inputs {sorted(inputs)}, expected images, "
@@ -71,9 +71,7 @@ class OnnxDetector(ExportedDetector):
             self.embed_dim = int(self.meta.get("embed_dim", 0))
             k = inputs["class_prior"].shape[0]
             self.vocabulary = list(self.meta.get("vocabulary") or [f"class_{i}" for i in range(k)])
-        pre = self.meta["preprocess"]
-        self.min_size = int(min_size or pre["min_size"])
-        self.max_size = int(max_size or pre["max_size"])
+        self._set_resize_sizes(min_size, max_size, self.meta["preprocess"])
         self.device = "cpu"
         self._set_text_encoder(open_text_encoder(text_encoder, path, self.meta))
 
@@ -109,7 +107,7 @@ class OnnxTextEncoder:
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
                  templates: Sequence[str] | None = None, batch_size: int = 256):
-        self.session, meta = _session(path, providers)
+        self.session, meta = _session(path, providers, "text_encoder")
         if [i.name for i in self.session.get_inputs()] != ["tokens"]:
             raise ValueError(f"{path!r} is not a CORA text-encoder export (expected one input 'tokens')")
         if templates is None:

@@ -47,7 +47,7 @@ class TensorRTDetector(ExportedDetector):
             raise ValueError(f"{path!r} is not a TensorRT engine for this TensorRT version / GPU")
         self.context = self.engine.create_execution_context()
         self.device = torch.device(device)
-        self.meta = read_metadata(path)
+        self.meta = read_metadata(path, fmt="engine", graph="detector")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         h, w = self.engine.get_tensor_shape("images")[2:]
@@ -58,9 +58,7 @@ class TensorRTDetector(ExportedDetector):
         else:
             self.embed_dim = int(self.meta.get("embed_dim", 0))
             self.vocabulary = list(self.meta["vocabulary"])
-        pre = self.meta["preprocess"]
-        self.min_size = int(min_size or pre["min_size"])
-        self.max_size = int(max_size or pre["max_size"])
+        self._set_resize_sizes(min_size, max_size, self.meta["preprocess"])
         from cora.runtime.onnx import open_text_encoder
 
         self._set_text_encoder(open_text_encoder(text_encoder, path, self.meta))

@@ -73,6 +73,64 @@ def test_an_old_or_foreign_export_is_refused(exported, tmp_path):
         OnnxDetector(old)
 
 
+@pytest.mark.parametrize("sidecar, match", [
+    ('{"format": "onnx", "format_version": 3, "graph": "detector"}', "format version 3; this cora reads 2"),
+    ('{"format": "onnx", "format_version": "2", "graph": "detector"}', "format version '2'; this cora reads 2"),
+    ('{"format": "engine", "format_version": 2, "graph": "detector"}', "says format 'engine', expected 'onnx'"),
+    ('{"format": "onnx", "format_version": 2, "graph": "text_encoder"}', "says graph 'text_encoder', expected 'detector'"),
+    ('["format", "onnx"]', "must be a JSON object .*got list"),
+    ('{"format": "onnx",', "not valid JSON"),
+])
+def test_unknown_metadata_is_refused(exported, tmp_path, sidecar, match):
+    """The sidecar wins over the embedded copy: each wrong field of it alone refuses the file."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(exported.path.read_bytes())
+    OnnxDetector(path)  # negative control: the embedded metadata (no sidecar yet) opens
+    (tmp_path / "model.onnx.json").write_text(sidecar)
+    with pytest.raises(UserError, match=match):
+        OnnxDetector(path)
+
+
+def test_a_detector_is_not_a_text_encoder(exported):
+    with pytest.raises(UserError, match="says graph 'detector', expected 'text_encoder'"):
+        OnnxTextEncoder(exported.path)
+
+
+def _graph_never_runs(*args):
+    raise AssertionError("a bad input reached ONNX Runtime")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(class_prior=np.array([1, np.nan, 1], np.float32)), r"class_prior must hold finite weights >= 0, got .*nan"),
+    (dict(class_prior=torch.tensor([1.0, float("inf"), 1.0])), r"class_prior must hold finite weights >= 0"),
+    (dict(text_embeddings=np.full((3, 64), np.nan, np.float32)), r"text_embeddings must be finite: 3 of 3 rows"),
+    (dict(images=[torch.rand(3, 64, 64) * 255]), r"images\[0\] must be float RGB in \[0, 1\], .*divide 0..255 images by 255"),
+    (dict(images=[torch.full((3, 64, 64), float("nan"))]), r"images\[0\] must be float RGB in \[0, 1\]"),
+])
+def test_bad_values_are_refused_before_the_graph(detector, monkeypatch, kwargs, match):
+    good = dict(images=[torch.rand(3, 64, 64)], text_embeddings=text(3).numpy(), class_prior=np.ones(3, np.float32))
+    assert len(detector.detect(**good)) == 1  # negative control: the same call with good values runs
+    monkeypatch.setattr(detector, "_run", _graph_never_runs)
+    with pytest.raises(ValueError, match=match):
+        detector.detect(**{**good, **kwargs})
+
+
+@pytest.mark.parametrize("sizes, match", [
+    ([[0, 64]], r"image_sizes must be \(h, w\) with 1 <= h <= 64 and 1 <= w <= 64 .*got \[\[0, 64\]\]"),
+    ([[64, -3]], r"got \[\[64, -3\]\]"),
+    ([[64, 65]], r"got \[\[64, 65\]\]"),
+])
+def test_run_checks_image_sizes_before_the_graph(exported, detector, monkeypatch, sizes, match):
+    batch = torch.rand(1, 3, 64, 64)
+    boxes, scores, labels = detector.run(batch, np.array([[64, 48]]), text(3))
+    assert boxes.shape[:2] == scores.shape == labels.shape  # negative control: valid sizes run
+    monkeypatch.setattr(detector, "_run", _graph_never_runs)
+    with pytest.raises(ValueError, match=match):
+        detector.run(batch, np.array(sizes), text(3))
+    with pytest.raises(ValueError, match="min_size must be an integer >= 1 \\(pixels\\), got 0"):
+        OnnxDetector(exported.path, min_size=0)  # 0 or less would resize every image to 1 x 1
+
+
 def test_any_sizes_boxes_in_original_pixels_and_names(detector):
     images = [np.random.rand(3, 300, 200).astype(np.float32), torch.rand(3, 64, 500)]
     results = detector.detect(images, vocabulary="cat, dog, traffic light")
