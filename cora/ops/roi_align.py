@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch._prims_common import suggest_memory_format
@@ -9,6 +11,7 @@ from torch._prims_common import suggest_memory_format
 from cora.ops._utils import convert_boxes_to_roi_format, is_tracing, pair
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_SAMPLING_RATIO = 64  # csrc/roi_align_check.h kMaxSamplingRatio
 
 
 def roi_align(
@@ -27,9 +30,11 @@ def roi_align(
             `(x1, y1, x2, y2)` (image i's boxes). Coordinates in input-image pixels, any float dtype
             (geometry is computed in float32, float64 for float64 input).
         output_size: (PH, PW) or a single int for a square output.
-        spatial_scale: feature-map pixels per input pixel (1/16 for a stride-16 map).
-        sampling_ratio: bilinear samples per bin along each axis; `<= 0` samples adaptively,
-            `ceil(roi_height / PH)` x `ceil(roi_width / PW)` per bin.
+        spatial_scale: feature-map pixels per input pixel (1/16 for a stride-16 map); finite and > 0.
+        sampling_ratio: bilinear samples per bin along each axis, at most `MAX_SAMPLING_RATIO` (64);
+            `<= 0` samples adaptively, `ceil(roi_height / PH)` x `ceil(roi_width / PW)` per bin
+            (capped at 2^30 per axis: only a box wider than 2^30 x PH feature pixels differs from
+            torchvision, by averaging over a coarser grid).
         aligned: if True, shift box coordinates by -0.5 pixel so that pixel centres align
             (the correct form); if False (legacy), boxes are also forced to be at least 1x1.
 
@@ -37,14 +42,19 @@ def roi_align(
         Tensor[K, C, PH, PW] in the dtype and memory format of `input`. Each bin is the average of
         its bilinear samples; samples more than one pixel outside the map count as 0, and a bin
         with no samples (zero-size box, aligned=True) is 0. A box with a non-finite coordinate
-        gives zeros. K = 0 gives an empty tensor.
+        gives zeros, and so does a finite box whose scaled coordinates or extent overflow the
+        geometry dtype (e.g. x1 = -3e38, x2 = 3e38 in float32), as an infinite one would. Every other
+        box gives torchvision's result: only the samples inside the map are visited (the others
+        count as 0), so the work per box is bounded by the map size, not the box area.
+        K = 0 gives an empty tensor.
 
     Half types are read and written in their dtype and accumulated in float32.
 
     Raises:
-        ValueError: wrong ranks or shapes, or a batch index outside [0, N) (checked in eager
-            mode; under tracing the kernels return zeros for such rows instead of reading out of
-            bounds).
+        ValueError: wrong ranks or shapes, a non-finite or non-positive `spatial_scale`, a
+            `sampling_ratio` above `MAX_SAMPLING_RATIO`, or a batch index outside [0, N) (checked
+            in eager mode; under tracing the kernels return zeros for such rows instead of reading
+            out of bounds).
     """
     if not isinstance(input, Tensor) or input.dim() != 4:
         shape = list(input.shape) if isinstance(input, Tensor) else type(input).__name__
@@ -112,6 +122,19 @@ def _check_rois(rois: Tensor, pooled_height: int, pooled_width: int) -> None:
     )
 
 
+def _check_scalars(spatial_scale: float, sampling_ratio: int) -> None:
+    torch._check_value(
+        math.isfinite(spatial_scale) and spatial_scale > 0,
+        lambda: "roi_align: spatial_scale must be a finite number > 0 (feature-map pixels per input pixel), "
+        f"got {spatial_scale}",
+    )
+    torch._check_value(
+        sampling_ratio <= MAX_SAMPLING_RATIO,
+        lambda: f"roi_align: sampling_ratio must be <= {MAX_SAMPLING_RATIO} (samples per bin along each axis; "
+        f"<= 0 samples adaptively), got {sampling_ratio}",
+    )
+
+
 @torch.library.register_fake("cora::roi_align")
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     torch._check(input.dim() == 4, lambda: f"roi_align: input must be Tensor[N, C, H, W], got {list(input.shape)}")
@@ -120,6 +143,7 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
         lambda: f"roi_align: input must be float16, bfloat16, float32 or float64, got {input.dtype}",
     )
     _check_rois(rois, pooled_height, pooled_width)
+    _check_scalars(spatial_scale, sampling_ratio)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=suggest_memory_format(input))
 
@@ -133,6 +157,7 @@ def _roi_align_backward_fake(
         lambda: f"roi_align: grad must be float16, bfloat16, float32 or float64, got {grad.dtype}",
     )
     _check_rois(rois, pooled_height, pooled_width)
+    _check_scalars(spatial_scale, sampling_ratio)
     shape = (batch_size, channels, height, width)
     return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=suggest_memory_format(grad))
 

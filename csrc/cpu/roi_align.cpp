@@ -34,10 +34,12 @@ struct RowTaps {
     taps.clear();
     bin_start.assign(1, 0);
     for (int64_t ph = ph_begin; ph < ph_end; ++ph) {
+      const auto rows = roi_align_detail::rows_inside(g, ph, height);
       for (int64_t pw = 0; pw < pooled_w; ++pw) {
-        for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+        const auto cols = roi_align_detail::cols_inside(g, pw, width);
+        for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
           const acc_t y = roi_align_detail::sample_y(g, ph, iy);
-          for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+          for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
             const acc_t x = roi_align_detail::sample_x(g, pw, ix);
             if (roi_align_detail::sample_outside(height, width, y, x)) continue;
             taps.push_back(roi_align_detail::bilinear_tap(height, width, y, x));
@@ -49,10 +51,14 @@ struct RowTaps {
   }
 };
 
-// Output rows handled per tap-building pass: bounds the tap buffer for huge, densely sampled RoIs.
-int64_t rows_per_pass(int64_t samples_per_bin, int64_t pooled_w) {
+// Output rows handled per tap-building pass: bounds the tap buffer for large, densely sampled RoIs.
+// Only samples inside the map become taps: at most about 2 per map pixel along an adaptive axis
+// (sample spacing >= 1/2 pixel), hence the min with the map size.
+template <typename acc_t>
+int64_t rows_per_pass(const RoIGeometry<acc_t>& g, int64_t height, int64_t width, int64_t pooled_w) {
   constexpr int64_t kMaxTaps = int64_t(1) << 18;
-  return std::max<int64_t>(1, kMaxTaps / std::max<int64_t>(1, samples_per_bin * pooled_w));
+  const int64_t taps_per_row = std::min(g.grid_h, 2 * height + 4) * std::min(g.grid_w, 2 * width + 4) * pooled_w;
+  return std::max<int64_t>(1, kMaxTaps / std::max<int64_t>(1, taps_per_row));
 }
 
 // The input is read channels-last (NCHW input is transposed once per call, a small cost next to
@@ -85,7 +91,7 @@ void forward_kernel_impl(const at::Tensor& input_cl, const at::Tensor& rois, dou
         continue;
       }
       const scalar_t* in_b = in + g.batch * plane * channels;
-      const int64_t step = rows_per_pass(g.grid_h * g.grid_w, pooled_w);
+      const int64_t step = rows_per_pass(g, height, width, pooled_w);
       for (int64_t ph0 = 0; ph0 < pooled_h; ph0 += step) {
         const int64_t ph1 = std::min(pooled_h, ph0 + step);
         rt.build(g, height, width, ph0, ph1, pooled_w);
@@ -148,7 +154,7 @@ void backward_kernel_impl(const at::Tensor& grad, const at::Tensor& rois, double
       if (!g.valid) continue;
       const scalar_t* gout_k = gout + k * channels * bins;
       acc_t* gin_b = gin + g.batch * channels * plane;
-      const int64_t step = rows_per_pass(g.grid_h * g.grid_w, pooled_w);
+      const int64_t step = rows_per_pass(g, height, width, pooled_w);
       for (int64_t ph0 = 0; ph0 < pooled_h; ph0 += step) {
         const int64_t ph1 = std::min(pooled_h, ph0 + step);
         rt.build(g, height, width, ph0, ph1, pooled_w);
@@ -195,7 +201,7 @@ void backward_kernel_impl(const at::Tensor& grad, const at::Tensor& rois, double
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                                  int64_t sampling_ratio, bool aligned) {
-  check_roi_align_inputs(input, rois, pooled_height, pooled_width);
+  check_roi_align_inputs(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio);
   const auto format = input.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   at::Tensor output =
@@ -218,7 +224,8 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                                   int64_t batch_size, int64_t channels, int64_t height,
                                   int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_roi_align_backward_inputs(grad, rois, pooled_height, pooled_width, channels);
+  check_roi_align_backward_inputs(grad, rois, spatial_scale, pooled_height, pooled_width,
+                                  sampling_ratio, channels);
   // grad_input takes the layout of grad (the forward output has the layout of the input).
   const auto format = grad.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;

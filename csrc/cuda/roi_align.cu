@@ -22,7 +22,9 @@ namespace cora {
 namespace {
 
 using roi_align_detail::bilinear_tap;
+using roi_align_detail::cols_inside;
 using roi_align_detail::roi_geometry;
+using roi_align_detail::rows_inside;
 using roi_align_detail::sample_x;
 using roi_align_detail::sample_outside;
 using roi_align_detail::sample_y;
@@ -59,10 +61,12 @@ __global__ void __launch_bounds__(kThreads) forward_nchw_kernel(
       continue;
     }
     const scalar_t* p = input + (g.batch * channels + c) * height * width;
+    const auto rows = rows_inside(g, ph, height);
+    const auto cols = cols_inside(g, pw, width);
     acc_t sum = 0;
-    for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+    for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
       const acc_t y = sample_y(g, ph, iy);
-      for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+      for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
         const acc_t x = sample_x(g, pw, ix);
         if (sample_outside(height, width, y, x)) continue;
         const auto t = bilinear_tap(height, width, y, x);
@@ -95,13 +99,15 @@ __global__ void __launch_bounds__(kThreads) forward_channels_last_kernel(
       continue;
     }
     const scalar_t* in_b = input + g.batch * height * width * channels;
+    const auto rows = rows_inside(g, ph, height);
+    const auto cols = cols_inside(g, pw, width);
     for (int64_t c0 = lane; c0 - lane < channels; c0 += kWarp * kTile) {
       acc_t sum[kTile];
 #pragma unroll
       for (int j = 0; j < kTile; ++j) sum[j] = acc_t(0);
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+      for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
         const acc_t y = sample_y(g, ph, iy);
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+        for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
           const acc_t x = sample_x(g, pw, ix);
           if (sample_outside(height, width, y, x)) continue;
           const auto t = bilinear_tap(height, width, y, x);
@@ -145,9 +151,11 @@ __global__ void __launch_bounds__(kThreads) backward_nchw_kernel(
     if (!g.valid) continue;
     acc_t* q = grad_input + (g.batch * channels + c) * height * width;
     const acc_t v = acc_t(grad[i]) / g.count;
-    for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+    const auto rows = rows_inside(g, ph, height);
+    const auto cols = cols_inside(g, pw, width);
+    for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
       const acc_t y = sample_y(g, ph, iy);
-      for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+      for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
         const acc_t x = sample_x(g, pw, ix);
         if (sample_outside(height, width, y, x)) continue;
         const auto t = bilinear_tap(height, width, y, x);
@@ -177,6 +185,8 @@ __global__ void __launch_bounds__(kThreads) backward_channels_last_kernel(
     if (!g.valid) continue;
     const scalar_t* go = grad + bin * channels;
     acc_t* q_b = grad_input + g.batch * height * width * channels;
+    const auto rows = rows_inside(g, ph, height);
+    const auto cols = cols_inside(g, pw, width);
     for (int64_t c0 = lane; c0 - lane < channels; c0 += kWarp * kTile) {
       acc_t v[kTile];
 #pragma unroll
@@ -184,9 +194,9 @@ __global__ void __launch_bounds__(kThreads) backward_channels_last_kernel(
         const int64_t c = c0 + j * kWarp;
         v[j] = c < channels ? acc_t(go[c]) / g.count : acc_t(0);
       }
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+      for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
         const acc_t y = sample_y(g, ph, iy);
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+        for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
           const acc_t x = sample_x(g, pw, ix);
           if (sample_outside(height, width, y, x)) continue;
           const auto t = bilinear_tap(height, width, y, x);
@@ -222,7 +232,7 @@ unsigned int num_blocks(int64_t threads) {
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                   double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                                   int64_t sampling_ratio, bool aligned) {
-  check_roi_align_inputs(input, rois, pooled_height, pooled_width);
+  check_roi_align_inputs(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio);
   const auto format = input.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   at::Tensor output = at::empty({rois.size(0), input.size(1), pooled_height, pooled_width},
@@ -263,7 +273,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                                    int64_t batch_size, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_roi_align_backward_inputs(grad, rois, pooled_height, pooled_width, channels);
+  check_roi_align_backward_inputs(grad, rois, spatial_scale, pooled_height, pooled_width,
+                                  sampling_ratio, channels);
   // grad_input takes the layout of grad (the forward output has the layout of the input).
   const auto format = grad.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;

@@ -160,15 +160,54 @@ def test_non_finite_boxes_give_zeros(device, layout):
     x = make_input(1, 4, 8, 8, torch.float32, device, layout).abs().add(1).requires_grad_()
     inf, nan = math.inf, math.nan
     rois = torch.tensor(
-        [[0, 1, 1, 6, 6], [0, nan, 1, 6, 6], [0, 1, 1, inf, 6], [0, -inf, -inf, inf, inf], [0, 1, 1e30, 6, 1e30]],
+        [[0, 1, 1, 6, 6], [0, nan, 1, 6, 6], [0, 1, 1, inf, 6], [0, -inf, -inf, inf, inf],
+         # finite, but x2 - x1 overflows float32: zeros, as the infinite box above
+         [0, -3e38, -3e38, 3e38, 3e38], [0, -3e38, 1, 3e38, 6], [0, 1, 1e30, 6, 1e30]],
         device=device,
     )
     out = roi_align(x, rois, 2, 1.0, -1, True)
     assert out[0].abs().min() > 0  # the finite box reads real values
-    assert torch.equal(out[1:4], torch.zeros_like(out[1:4]))
+    assert torch.equal(out[1:6], torch.zeros_like(out[1:6]))
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_boxes_much_larger_than_the_map_match_torchvision(device, layout, aligned):
+    """Adaptive grids of 30-180 samples per axis: the kernels visit only the samples inside the map
+    (found by bisection) and must still give torchvision's average over all of them."""
+    x = make_input(2, 3, 10, 13, torch.float64, device, layout).requires_grad_()
+    rois = torch.tensor(
+        [[0, -1e4, -1e4, 1e4, 1e4], [1, 0, 0, 2e4, 2e4], [0, -3e3, 100, 200, 4e3], [1, 150, -5e3, 160, 7e3],
+         [0, 1e4, 1e4, 2e4, 2e4]],  # entirely outside: zeros
+        dtype=torch.float64, device=device,
+    )
+    out = roi_align(x, rois, (7, 5), 1 / 16, -1, aligned)
+    x_ref = x.detach().cpu().requires_grad_()
+    ref = reference(x_ref, rois, (7, 5), 1 / 16, -1, aligned)
+    assert ref[:4].abs().amax(dim=(1, 2, 3)).min() > 1e-4  # the first four boxes do read the map
+    assert_close(out, ref, torch.float64)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out.backward(torch.empty_like(out).copy_(grad))
+    ref.backward(grad)
+    assert_close(x.grad, x_ref.grad, torch.float64)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_absurd_boxes_finish_with_a_bounded_average(device):
+    """A 2e9-pixel box (torchvision: 1e17 samples per bin, never finishes) visits only the samples
+    inside the map, so each bin is at most max|x| * (samples inside the map) / (samples per bin)."""
+    x = make_input(1, 4, 12, 12, torch.float32, device, "channels_last").abs()
+    rois = torch.tensor([[0, -1e9, -1e9, 1e9, 1e9], [0, 0, 0, 3e9, 5]], device=device)
+    out = roi_align(x, rois, 7, 1.0, 0, True)
+    per_axis = torch.tensor([2e9 / 7, 3e9 / 7]).ceil()  # adaptive samples per axis, box 0 and box 1 (x)
+    inside = (2 * 12 + 3) ** 2
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    assert out[0].max() <= x.max() * inside / per_axis[0] ** 2
+    assert out[1].max() > 0  # box 1 is 5 pixels tall: few samples per bin along y, real values
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -211,6 +250,33 @@ def test_bad_input_errors(make_args, error, match):
     x, boxes, size = make_args()
     with pytest.raises(error, match=match):
         roi_align(x, boxes, size)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    "spatial_scale, sampling_ratio, match",
+    [
+        (math.nan, 2, r"spatial_scale must be a finite number > 0 .*, got nan"),
+        (-0.25, 2, r"spatial_scale must be a finite number > 0 .*, got -0.25"),
+        (0.0, 2, r"spatial_scale must be a finite number > 0 .*, got 0"),
+        (math.inf, 2, r"spatial_scale must be a finite number > 0 .*, got inf"),
+        (1.0, 100000, r"sampling_ratio must be <= 64 .*, got 100000"),
+        (1.0, 65, r"sampling_ratio must be <= 64 .*, got 65"),
+    ],
+)
+def test_bad_scalars_are_value_errors_in_kernels_and_fake_kernel(device, spatial_scale, sampling_ratio, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, rois = torch.randn(1, 3, 8, 8, device=device), torch.tensor([[0.0, 1, 1, 6, 6]], device=device)
+    with pytest.raises(ValueError, match=match):
+        roi_align(x, rois, 2, spatial_scale, sampling_ratio)
+    grad = torch.ones(1, 3, 2, 2, device=device)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.cora._roi_align_backward(grad, rois, spatial_scale, 2, 2, 1, 3, 8, 8, sampling_ratio, True)
+    with FakeTensorMode(), pytest.raises(ValueError, match=match):
+        torch.ops.cora.roi_align(torch.empty(1, 3, 8, 8), torch.empty(1, 5), spatial_scale, 2, 2, sampling_ratio, True)
+    # the bounds themselves are accepted (negative control)
+    assert roi_align(x, rois, 2, 1e-3, 64).shape == (1, 3, 2, 2)
 
 
 @pytest.mark.needs_cuda
