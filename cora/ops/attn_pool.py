@@ -43,7 +43,8 @@ def prompted_attention_pool(
             `x + P` equals pooling `x` with positional embedding `pe + [mean(P); P]`.
 
     Returns:
-        Tensor[N, out_dim] in x's dtype. N = 0 gives Tensor[0, out_dim].
+        Tensor[N, out_dim] in x's dtype. N = 0 gives Tensor[0, out_dim]. A region with a NaN or
+        infinite value gives NaN (as open_clip); the other regions are unaffected.
 
     Half types: projections in the input dtype; logits, softmax and the weighted sum in float32.
     Under torch.autocast every floating input is cast to the autocast dtype first.
