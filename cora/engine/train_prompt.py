@@ -109,7 +109,8 @@ def export_prompt(model, path: str | Path) -> None:
 def train_prompt(model, dataset, out_dir, tcfg: TrainConfig | None = None, text_embeddings: Tensor | None = None,
                  resume: bool = False, progress: bool = True, evaluator=None) -> list[dict]:
     """Trains the region prompt of `model` (a CORA) in place; returns the log rows. Writes
-    `<out_dir>/prompt.pth` when the run is complete (process 0). evaluator: see run_training."""
+    `<out_dir>/prompt.pth` with model/ at the run's end: all epochs, or tcfg.max_steps (process 0).
+    evaluator: see run_training."""
     tcfg = tcfg if tcfg is not None else prompt_config()
     log = run_training(model, dataset, out_dir, tcfg, PROMPT_PREFIXES, prompt_step, {}, text_embeddings, resume,
                        progress, evaluator)

@@ -15,11 +15,15 @@ Output folder (process 0 writes it):
     checkpoints/step_XXXXXXXX/           our checkpoint format (model.safetensors = EMA weights, config.json)
                                          + training_state.pt (raw weights, optimizer, EMA, grad scaler, every
                                          process's RNG, position, best metric; loaded with weights_only=True)
-    last_checkpoint                      name of the newest complete checkpoint (written atomically last)
+    last_checkpoint                      name of the newest complete checkpoint (written atomically last); resume
+                                         follows it only to a step_XXXXXXXX folder of checkpoints/
     best/                                the checkpoint with the best evaluation metric so far (+ best.json)
-    model/                               the final checkpoint (EMA weights), for `cora eval` / `cora detect`
+    model/                               the checkpoint of the run's last step (EMA weights; all epochs done, or
+                                         max_steps reached), for `cora eval` / `cora detect`
 Resuming continues from last_checkpoint and gives the weights of an uninterrupted run: the data order is
 a function of (seed, epoch), each item's random transforms of (seed, epoch, index), and RNG states are saved.
+The model's initial weights are the caller's: `cora train` draws them (and a random CLIP) after
+`torch.manual_seed(seed)` (cora.checkpoint.load_model), so the same command, resumed or not, gives the same run.
 With N processes every global batch is split N ways (process r takes items r, r + N, ...), so N processes
 train on the same global batches as one process does.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
@@ -44,6 +49,7 @@ from cora.checkpoint import save_checkpoint
 from cora.data.coco import collate_fn
 from cora.data.sampling import appearance_keys, epoch_indices, repeat_factors
 from cora.engine import distributed
+from cora.errors import UserError
 from cora.fileio import atomic_write, write_json
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,10 +66,12 @@ class TrainConfig:
     class_dropout: float = 0.2     # probability per iteration
     lr_drop_epoch: int | None = None  # lr x 0.1 from this epoch on (stage 1 uses 4)
     amp: str = "off"               # autocast: "off", "bf16" or "fp16" (fp16 with dynamic loss scaling)
+    loss_scale: float = 2.0 ** 16  # fp16: the initial loss scale; halved (and the step skipped) whenever the
+                                   # scaled gradients overflow, doubled after 2000 steps without overflow
     seed: int = 0
     num_workers: int = 0
     save_every: int = 0            # steps between checkpoints; 0: at the end of each epoch only
-    max_steps: int | None = None   # stop (and save) after this many steps in all
+    max_steps: int | None = None   # stop after this many steps in all (>= 1), and save the model there
     eval_every: int = 0            # epochs between evaluations (needs an evaluator); 0: none
     eval_metric: str = "AP50_novel"  # the metric that picks best/ (coco-ovd: AP50_novel, lvis: APr)
     # LVIS options (0 = off)
@@ -73,14 +81,30 @@ class TrainConfig:
                                           # embedding has cosine > this with its own (LVIS 0.7)
 
     def __post_init__(self):
+        """The API's own check of every field (the CLI checks its flags first, with the flag names)."""
         if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sampled_classes", "repeat_factor_threshold", "relaxed_match_threshold", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        ints = {"epochs": 1, "batch_size": 1, "max_steps": 1, "lr_drop_epoch": 0, "num_workers": 0, "save_every": 0,
+                "eval_every": 0, "sampled_classes": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_steps", "lr_drop_epoch"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}{' (0 = off)' if low == 0 else ''}, got {value!r}")
+        finite = lambda v: 0 <= v < math.inf  # noqa: E731  (NaN fails every comparison: refused too)
+        reals = {"lr": ("(0, inf)", lambda v: 0 < v < math.inf), "loss_scale": ("(0, inf)", lambda v: 0 < v < math.inf),
+                 "weight_decay": ("[0, inf)", finite),
+                 "clip_max_norm": ("[0, inf), 0 = off", finite), "ema_decay": ("[0, 1), 0 = off", lambda v: 0 <= v < 1),
+                 "class_dropout": ("[0, 1]", lambda v: 0 <= v <= 1),
+                 "repeat_factor_threshold": ("[0, 1], 0 = off", lambda v: 0 <= v <= 1),
+                 "relaxed_match_threshold": ("[0, 1], 0 = off", lambda v: 0 <= v <= 1)}
+        for name, (interval, ok) in reals.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise UserError(f"{name} must be a number in {interval}, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise UserError(f"seed must be an integer, got {self.seed!r}")
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -175,12 +199,30 @@ def save_training_checkpoint(out: Path, model, state: dict, ema: EMA | None, los
     return folder
 
 
-def load_training_state(out: Path) -> dict:
+def last_checkpoint(out: Path) -> Path:
+    """The folder `out/last_checkpoint` names: a step_XXXXXXXX folder in out/checkpoints holding a training
+    state, nothing else (the pointer is a file anyone can edit: it never leads outside the run folder)."""
     pointer = out / "last_checkpoint"
     if not pointer.is_file():
-        raise FileNotFoundError(f"nothing to resume in {out}: no last_checkpoint file")
-    return torch.load(out / "checkpoints" / pointer.read_text().strip() / "training_state.pt",
-                      map_location="cpu", weights_only=True)
+        raise UserError(f"nothing to resume in {out}: no last_checkpoint file")
+    name = pointer.read_text(errors="replace").strip()
+    checkpoints = out / "checkpoints"
+    folder = checkpoints / name
+    if not re.fullmatch(r"step_\d{8}", name) or folder.resolve().parent != checkpoints.resolve():
+        raise UserError(f"{pointer} must name a checkpoint folder in {checkpoints} (step_ and 8 digits), got {name[:80]!r}")
+    if not (folder / "training_state.pt").is_file():
+        raise UserError(f"{pointer} names {folder}, which holds no training_state.pt: nothing to resume")
+    return folder
+
+
+def load_training_state(folder: Path) -> dict:
+    """The training state of a checkpoint folder (tensors and plain containers only: weights_only=True)."""
+    path = folder / "training_state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  a damaged file fails anywhere in the unpickler (KeyError, EOFError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable cora training state ({first})") from None
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
@@ -249,7 +291,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     device_type = model.device.type
     amp_dtype = AMP_DTYPES[tcfg.amp]
-    scaler = torch.amp.GradScaler(device_type, enabled=tcfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device_type, init_scale=tcfg.loss_scale, enabled=tcfg.amp == "fp16")
     if text_embeddings is None:
         text_embeddings = model.encode_vocabulary(list(dataset.vocabulary))
     text = text_embeddings.detach().to(model.device)
@@ -257,8 +299,10 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
     ema = EMA(trainable, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
     step, epoch, pos, best = 0, 0, 0, None
     torch.manual_seed(tcfg.seed + rank)
+    folder = None  # the newest checkpoint of the run
     if resume:
-        st = load_training_state(out)
+        folder = last_checkpoint(out)
+        st = load_training_state(folder)
         if len(st["rng"]) != world:
             raise ValueError(f"the checkpoint was written by {len(st['rng'])} processes; resume with as many, not {world}")
         for key in ("amp", "batch_size", "seed"):  # what the saved optimizer / scaler / data position assume
@@ -273,16 +317,21 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         torch.set_rng_state(st["rng"][rank])
         ctx["step_rng"].set_state(st["step_rng"])
         step, epoch, pos, best = st["step"], st["epoch"], st["pos"], st["best"]
+    factors = repeat_factors(dataset, tcfg.repeat_factor_threshold) if tcfg.repeat_factor_threshold > 0 else None
+    epochs = [epoch_batches(len(dataset), tcfg.batch_size, tcfg.seed, e, world, factors) for e in range(tcfg.epochs)]
+    planned = sum(len(b) for b in epochs)
+    total = planned if tcfg.max_steps is None else min(tcfg.max_steps, planned)
+    if planned == 0:
+        raise UserError(f"the dataset's {len(dataset)} images give no batch of at least {world} (one per process)")
+    if step > total:
+        raise UserError(f"the run in {out} is at step {step}, past the {total} steps this one asks for "
+                        f"(max_steps {tcfg.max_steps}, {planned} in {tcfg.epochs} epochs): nothing to resume")
     log = read_jsonl(out / "log.jsonl", step) if main else []
     evals = read_jsonl(out / "eval.jsonl", step) if main else []
     if main:
         write_jsonl(out / "log.jsonl", log)
         write_jsonl(out / "eval.jsonl", evals)
         write_json(out / "train_config.json", dataclasses.asdict(tcfg), indent=2)
-    factors = repeat_factors(dataset, tcfg.repeat_factor_threshold) if tcfg.repeat_factor_threshold > 0 else None
-    epochs = [epoch_batches(len(dataset), tcfg.batch_size, tcfg.seed, e, world, factors) for e in range(tcfg.epochs)]
-    planned = sum(len(b) for b in epochs)
-    total = planned if tcfg.max_steps is None else min(tcfg.max_steps, planned)
 
     def save() -> Path | None:
         rngs = distributed.all_gather_objects(torch.get_rng_state())
@@ -311,7 +360,6 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
             tqdm.write(f"epoch {epoch}: {tcfg.eval_metric} {value:.4f} (best {'-' if best is None else f'{best:.4f}'})")
         return improved
 
-    folder = None
     model.train()
     model.backbone.eval()  # frozen CLIP: BatchNorm statistics stay CLIP's
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
@@ -360,7 +408,7 @@ def run_training(model, dataset, out_dir, tcfg: TrainConfig, prefixes: tuple[str
         bar.close()
         if logf is not None:
             logf.close()
-    if main and step == planned and folder is not None:  # finished: the final model
+    if main and step == total:  # the run's end (all epochs or max_steps): its model
         copy_checkpoint(folder, out / "model")
     distributed.barrier()
     return log
