@@ -18,10 +18,11 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cora.config import CORAConfig, apply_overrides, config_from_dict, config_to_dict, get_preset
-from cora.errors import UserError
+from cora.errors import UserError, first_line
 from cora.fileio import atomic_write, write_json
 
 WEIGHTS_NAME = "model.safetensors"
@@ -43,9 +44,27 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], COR
             f"{directory} is not a cora checkpoint: expected {WEIGHTS_NAME} and {CONFIG_NAME} in it "
             "(import an official release with `cora convert`)"
         )
-    with open(config) as f:
-        cfg = config_from_dict(json.load(f))
-    return load_file(str(weights)), cfg
+    try:
+        with open(config, encoding="utf-8") as f:
+            cfg = config_from_dict(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config} is not valid JSON ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{config}: {first_line(e)}") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:  # empty, truncated or not a safetensors file at all
+        raise ValueError(f"{weights} is not a readable safetensors file ({first_line(e)})") from None
+    check_finite(state, weights)
+    return state, cfg
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
+    """ValueError naming `source` and the first tensor with a NaN or an infinite value: such weights load
+    and silently detect nothing."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source}: weight {key!r} holds NaN or infinite values; the checkpoint is corrupt")
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -55,18 +74,43 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> No
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}")
+    shapes = {k: v.shape for k, v in model.learned_state_dict().items()}
+    wrong = [k for k in sorted(state_dict) if state_dict[k].shape != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"checkpoint does not fit the model: {len(wrong)} weight(s) of another shape, e.g. {k!r} "
+                         f"is {list(state_dict[k].shape)}, the model's {list(shapes[k])} (another preset or "
+                         "config.json?)")
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_official_file(path: str | Path) -> dict:
-    """torch.load of an official CORA file without unpickling arbitrary objects: tensors, containers
-    and argparse.Namespace (the official files store their training arguments as one)."""
+def load_torch_file(path: str | Path, allowed: tuple[type, ...] = ()):
+    """torch.load(weights_only=True) on the CPU: tensors, containers and the `allowed` classes, never arbitrary
+    code. Every failure is a ValueError naming the file (FileNotFoundError when missing): a refused pickle,
+    an empty, truncated or non-PyTorch file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(list(allowed)):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).split("\n")[0]
-        raise ValueError(f"{path}: refused to load objects other than tensors and argparse.Namespace ({first})") from None
+        names = ", ".join(["tensors", *(c.__name__ for c in allowed)])
+        raise ValueError(f"{path}: refused to load objects other than {names} ({unpickling_reason(e)})") from None
+    except (EOFError, RuntimeError, OSError, KeyError, ValueError, IndexError) as e:  # what torch.load raises
+        raise ValueError(f"{path} is not a PyTorch file torch.load can read ({first_line(e)})") from None
+
+
+def unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only refusal that names what was refused (its first line is a generic
+    note about PyTorch 2.6)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), first_line(error))
+
+
+def load_official_file(path: str | Path) -> dict:
+    """An official CORA file (load_torch_file): tensors, containers and argparse.Namespace (the official files
+    store their training arguments as one)."""
+    return load_torch_file(path, (argparse.Namespace,))
 
 
 def load_model(checkpoint: str | Path | None = None, preset: str | None = None, *, clip_weights: str | None = None,
@@ -83,8 +127,6 @@ def load_model(checkpoint: str | Path | None = None, preset: str | None = None, 
     The keyword names are those of an export's sidecar "source", so `load_model(**meta["source"])` rebuilds
     the model an export was made from. Raises UserError (one line) for every user mistake.
     """
-    from cora.modeling.detector import CORA
-
     if checkpoint is None and not random_init:
         raise UserError("no CORA weights: pass a checkpoint folder (import the official release with `cora convert`), "
                         "or random_init / --random-init to try the pipeline with random weights")
@@ -92,13 +134,29 @@ def load_model(checkpoint: str | Path | None = None, preset: str | None = None, 
         state, cfg = load_checkpoint(checkpoint) if checkpoint is not None else (None, get_preset(preset or "rn50_coco"))
         cfg = apply_overrides(cfg, list(overrides or []))
     except (ValueError, OSError) as e:
-        raise UserError(str(e).splitlines()[0]) from e
+        raise UserError(first_line(e)) from e
     torch.manual_seed(int(seed))
-    try:
-        model = CORA.from_config(cfg, clip_weights=clip_weights, random_init=random_init)
-    except (RuntimeError, OSError) as e:
-        raise UserError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({str(e).splitlines()[0]}); "
-                        "without the model hub, pass --clip-weights PATH to a local open_clip checkpoint") from e
+    model = build_model(cfg, clip_weights, random_init)
     if state is not None:
-        load_into(model, state)
+        try:
+            load_into(model, state)
+        except ValueError as e:
+            raise UserError(f"{checkpoint}: {first_line(e)}") from e
     return model.to(device).eval()
+
+
+def build_model(cfg: CORAConfig, clip_weights: str | None = None, random_init: bool = False):
+    """`CORA.from_config` (fresh CORA weights from the current RNG) with the CLIP weights' failures as one
+    UserError: a missing, refused (pickle), truncated or wrong `clip_weights` file, or no model hub."""
+    from cora.modeling.detector import CORA
+
+    try:
+        return CORA.from_config(cfg, clip_weights=clip_weights, random_init=random_init)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        if isinstance(e, pickle.UnpicklingError):
+            raise UserError(f"--clip-weights {clip_weights}: refused to load objects other than tensors "
+                            f"({unpickling_reason(e)})") from e
+        if clip_weights is not None:  # the file's own problem: empty, truncated, not a CLIP
+            raise UserError(f"--clip-weights {clip_weights}: {first_line(e)}") from e
+        raise UserError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({first_line(e)}); "
+                        "without the model hub, pass --clip-weights PATH to a local open_clip checkpoint") from e

@@ -4,7 +4,9 @@
     cfg = apply_overrides(cfg, ["inference.max_detections=300", "localizer.num_queries=900"])
     config_from_dict(config_to_dict(cfg)) == cfg
 
-Architecture only: weights (CLIP tag or file, checkpoints) are given separately.
+Architecture only: weights (CLIP tag or file, checkpoints) are given separately. Every value that enters a
+config (an override, a config.json) is checked against its field's type and range (`check_value`): a wrong
+value is a ValueError naming the key, never a config that fails later.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -70,6 +73,40 @@ PRESETS: dict[str, CORAConfig] = {
 }
 
 
+# Allowed ranges (inclusive) of numeric keys; other int keys must be >= 1, other float keys finite.
+RANGES: dict[str, tuple[float, float]] = {
+    "localizer.dropout": (0.0, 1.0),
+    "inference.score_threshold": (0.0, 1.0),
+    "inference.nms_iou": (0.0, 1.0),
+    "inference.pre_nms_topk": (0, math.inf),  # 0 = all pairs
+    "temperature": (1e-6, math.inf),
+    "text_context_length": (2, 77),  # CLIP's text tower has 77 positions; the end token needs one
+}
+
+
+def check_value(key: str, value, annotation: str):
+    """`value` for the config key `key` (a dotted path) whose field annotation is `annotation`: the value, as
+    the field's type (an int is a valid float), or ValueError naming the key, the expected type and the value."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None and "None" in kinds:
+        return None
+    expected = " or ".join("null" if k == "None" else k for k in kinds)
+    if "str" in kinds and isinstance(value, str):
+        return value
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if "int" in kinds and numeric and float(value).is_integer() and not isinstance(value, float):
+        value = int(value)
+    elif "float" in kinds and numeric and math.isfinite(value):
+        value = float(value)
+    else:
+        raise ValueError(f"config key {key} must be {'a finite ' if 'float' in kinds else 'an ' if 'int' in kinds else 'a '}"
+                         f"{expected}, got {value!r}")
+    low, high = RANGES.get(key, (1, math.inf) if "int" in kinds else (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise ValueError(f"config key {key} must be in [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
 def unknown_name_message(kind: str, name: str, choices) -> str:
     """'unknown preset 'rn5O_coco'; choose from a, b (did you mean 'rn50_coco'?)'"""
     choices = sorted(choices)
@@ -88,7 +125,10 @@ def config_to_dict(cfg) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], cls=CORAConfig, path: str = ""):
-    """Inverse of config_to_dict; unknown keys are errors (a misspelled key never passes silently)."""
+    """Inverse of config_to_dict; unknown keys and wrong values are errors (a misspelled key never passes
+    silently); missing keys take their defaults."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path.rstrip('.') or 'file'} must be a JSON object of keys, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -96,7 +136,8 @@ def config_from_dict(data: dict[str, Any], cls=CORAConfig, path: str = ""):
     kwargs = {}
     for key, value in data.items():
         sub = _dataclass_type(fields[key].type)
-        kwargs[key] = config_from_dict(value, sub, f"{path}{key}.") if sub is not None else value
+        kwargs[key] = (config_from_dict(value, sub, f"{path}{key}.") if sub is not None
+                       else check_value(path + key, value, fields[key].type))
     return cls(**kwargs)
 
 
@@ -105,7 +146,8 @@ def config_to_json(cfg) -> str:
 
 
 def apply_overrides(cfg, overrides: list[str]):
-    """`["inference.max_detections=300"]`: values parsed as JSON (numbers, true/false, null), else strings."""
+    """`["inference.max_detections=300"]`: values parsed as JSON (numbers, true/false, null), else strings,
+    then checked against the key's type and range (`check_value`)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -114,19 +156,22 @@ def apply_overrides(cfg, overrides: list[str]):
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        cfg = _set(cfg, key.split("."), value, key, _all_keys(type(cfg)))
+        cfg = _set(cfg, key.split("."), value, raw, key, _all_keys(type(cfg)))
     return cfg
 
 
-def _set(cfg, parts: list[str], value, full_key: str, all_keys: list[str]):
+def _set(cfg, parts: list[str], value, raw: str, full_key: str, all_keys: list[str]):
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     if parts[0] not in fields:
         raise ValueError(unknown_name_message("config key", full_key, all_keys))
     if len(parts) == 1:
         if _dataclass_type(fields[parts[0]].type) is not None:
             raise ValueError(f"{full_key} is a section; set one of its keys, e.g. {full_key}.<key>=...")
-        return replace(cfg, **{parts[0]: value})
-    return replace(cfg, **{parts[0]: _set(getattr(cfg, parts[0]), parts[1:], value, full_key, all_keys)})
+        annotation = fields[parts[0]].type
+        if "str" in str(annotation) and value is not None and not isinstance(value, str):
+            value = raw  # a name that reads as JSON (backbone.pretrained=2023) is still a name
+        return replace(cfg, **{parts[0]: check_value(full_key, value, annotation)})
+    return replace(cfg, **{parts[0]: _set(getattr(cfg, parts[0]), parts[1:], value, raw, full_key, all_keys)})
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:

@@ -8,3 +8,10 @@ traceback.
 
 class UserError(ValueError):
     """A failure worth one line to the user: what was wrong, where (argument or file), what was expected."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): what a UserError made from
+    a library's error says."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

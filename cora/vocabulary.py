@@ -47,25 +47,22 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 TOKENIZER = "RN50"
 
 
+VOCABULARY_FILES = (".txt", ".json")  # the suffixes a vocabulary file may have
+
+
 def load_vocabulary(source: str | os.PathLike | Sequence[str]) -> list[str]:
     """Class names, in order, from one of:
 
     - a sequence of names, e.g. `["cat", "dog"]`;
     - a comma-separated string, e.g. `"cat, dog"`;
-    - a `.txt` file: one name per line; blank lines and lines starting with `#` are skipped;
-    - a `.json` file in COCO / LVIS format: `categories` sorted by `id`, their `name` field (a bare list of
-      category dicts works too). LVIS names (categories with a `synset`) get underscores replaced by spaces
-      ("traffic_light" -> "traffic light"), as CLIP prompts need.
+    - a file (an os.PathLike, or a string ending in .txt / .json): see `read_vocabulary_file`.
 
     Names are stripped of surrounding whitespace. An empty vocabulary, an empty name or a duplicated name is
     a ValueError (the class index is the row of the text embeddings).
     """
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.lower().endswith((".txt", ".json"))):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"source {path!r} looks like a vocabulary file but does not exist")
-        names = _names_from_json(path) if path.lower().endswith(".json") else _names_from_txt(path)
-    elif isinstance(source, str):
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.lower().endswith(VOCABULARY_FILES)):
+        return read_vocabulary_file(source)
+    if isinstance(source, str):
         names = [part.strip() for part in source.split(",")]
         names = [n for n in names if n] if source.strip() else []
     elif isinstance(source, Sequence):
@@ -74,6 +71,33 @@ def load_vocabulary(source: str | os.PathLike | Sequence[str]) -> list[str]:
         raise TypeError(f"source must be a list of names, a comma-separated string or a .txt / .json path, "
                         f"got {type(source).__name__}")
     return check_names(names, "source")
+
+
+def read_vocabulary_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a file, never from its name (`--vocab-file`):
+
+    - `.txt`: one name per line; blank lines and lines starting with `#` are skipped;
+    - `.json` in COCO / LVIS format: `categories` sorted by `id`, their `name` field (a bare list of
+      category dicts works too). LVIS names (categories with a `synset`) get underscores replaced by spaces
+      ("traffic_light" -> "traffic light"), as CLIP prompts need.
+
+    Any other suffix, a folder, a missing or unreadable file is a ValueError (FileNotFoundError when
+    missing) naming the file; names are checked as in `load_vocabulary`.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    expected = "a .txt file (one class name per line) or a COCO / LVIS .json file"
+    if os.path.isdir(path):
+        raise ValueError(f"vocabulary file {path} is a directory; expected {expected}")
+    if suffix not in VOCABULARY_FILES:
+        raise ValueError(f"vocabulary file {path}: expected {expected}, got {repr(suffix) if suffix else 'no suffix'}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"vocabulary file {path} does not exist")
+    try:
+        names = _names_from_json(path) if suffix == ".json" else _names_from_txt(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"vocabulary file {path} is not {'JSON' if suffix == '.json' else 'UTF-8 text'} ({e})") from None
+    return check_names(names, f"vocabulary file {path}")
 
 
 def check_names(names: Sequence[str], argument: str = "names") -> list[str]:
@@ -105,11 +129,15 @@ def _names_from_json(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     categories = data.get("categories") if isinstance(data, dict) else data
-    if not isinstance(categories, list) or not all(isinstance(c, dict) and "name" in c and "id" in c
-                                                   for c in categories):
-        raise ValueError(f"source {path!r} must be a COCO / LVIS json with a 'categories' list of "
-                         "{'id': ..., 'name': ...} entries")
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                                   and _is_number(c.get("id")) for c in categories):
+        raise ValueError(f"vocabulary file {path} must be a COCO / LVIS json with a 'categories' list of "
+                         "{'id': <number>, 'name': <string>} entries")
     return [category_name(c) for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def category_name(category: dict) -> str:

@@ -11,7 +11,9 @@ comparison, ParityError) and cora.export.lint; their docstrings say what each ch
 from __future__ import annotations
 
 import argparse
+import os
 
+from cora.cli import common
 from cora.errors import UserError
 
 
@@ -21,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Runs the export and the PyTorch model it was made from on the same cases and "
                                    "compares the detections slot by slot (exit 1 on any difference).")
     p.add_argument("onnx", help="an exported detector .onnx (with its .json sidecar)")
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 80, 1203, 4096],
+    p.add_argument("--ks", type=common.POSITIVE_INT, nargs="+", default=[1, 80, 1203, 4096],
                    help="vocabulary sizes (default: 1 80 1203 4096)")
-    p.add_argument("--batch", type=int, default=2, help="images per run (default: 2)")
-    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="H W",
+    p.add_argument("--batch", type=common.POSITIVE_INT, default=2, help="images per run (default: 2)")
+    p.add_argument("--sizes", type=common.POSITIVE_INT, nargs="+", default=None, metavar="H W",
                    help="image sizes as H W pairs (default: the export's size, and a smaller one if dynamic)")
     lint = sub.add_parser("lint", help="static TensorRT 10.x readiness check",
                           description="Lists the ops and attributes of an .onnx file that TensorRT's ONNX parser "
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check == "lint":
         from cora.export.lint import lint_tensorrt
 
-        findings = lint_tensorrt(args.onnx)
+        findings = lint_tensorrt(read_onnx(args.onnx))
         for f in findings:
             print(f)
         errors = [f for f in findings if f.severity == "error"]
@@ -57,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sizes is not None and len(args.sizes) % 2:
         raise UserError(f"--sizes takes H W pairs, got {len(args.sizes)} numbers")
-    if any(k < 1 for k in args.ks) or args.batch < 1:
-        raise UserError("--ks and --batch must be >= 1")
     meta = read_metadata(args.onnx)
     detector = load_model(**meta["source"])
     baked = detector.encode_vocabulary(meta["vocabulary"]) if meta.get("vocabulary") else None
@@ -72,6 +72,23 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"parity ok ({len(rows)} cases, slot by slot; tolerances {TOLERANCES})")
     return 0
+
+
+def read_onnx(path: str):
+    """The ModelProto of an .onnx file (external data not loaded); UserError naming the file if it is
+    missing or not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist or is not a file (an .onnx file was expected)")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not an ONNX model ({common.first_line(e)})") from None
+    if not model.graph.node:  # protobuf parses an empty (or lucky) file as an empty model
+        raise UserError(f"{path} is not an ONNX model (it holds no graph)")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

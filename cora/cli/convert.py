@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from cora.config import get_preset
     from cora.engine.convert import convert_to_checkpoint
 
-    # RuntimeError: torch.load of a file that is not a checkpoint
-    with common.user_errors(RuntimeError):
+    with common.user_errors():
+        common.check_output_dir(args.out, "--out")
         unused = convert_to_checkpoint(args.localizer, args.prompt, get_preset(args.preset), args.out,
                                        not args.no_ema)
     if unused:

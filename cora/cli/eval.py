@@ -75,10 +75,10 @@ def add_parser(sub) -> None:
                    "else --data/split.json, else the COCO OVD 17 novel / 48 base classes)")
     common.add_model_arguments(p, checkpoint_help="a cora checkpoint folder (model.safetensors + config.json) or an "
                                "exported .onnx / .engine (default: none)")
-    p.add_argument("--novel-prior", type=float, default=None, help="class_prior of the novel (LVIS: rare) classes "
+    p.add_argument("--novel-prior", type=common.NON_NEGATIVE, default=None, help="class_prior of the novel (LVIS: rare) classes "
                    "in pre-matching (default: 8 with --protocol official on coco-ovd, else 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only (default: all)")
+    p.add_argument("--batch-size", type=common.POSITIVE_INT, default=1, help="images per forward pass (default: 1)")
+    p.add_argument("--limit", type=common.POSITIVE_INT, default=None, help="evaluate the first N images only (default: all)")
     common.add_device_argument(p)
     p.add_argument("--out", default="eval", help="output folder (default: ./eval)")
     p.add_argument("--per-class", action="store_true", help="also print per-class AP (default: off)")
@@ -104,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
         elif args.checkpoint is None and not args.random_init:
             raise UserError("no CORA weights: pass --checkpoint DIR, --random-init (smoke runs), "
                             "or --detections FILE to score existing detections")
+        common.check_output_dir(args.out, "--out")
+        device = common.resolve_device(args.device) if args.detections is None else None
         gt_path = args.gt or _find(args.data, DEFAULT_GT[args.split], "ground truth", "--gt")
+        written = {Path(args.out, name).resolve() for name in ("detections.json", "metrics.json")}
+        clash = [str(p) for p in (gt_path, args.detections) if p is not None and Path(p).resolve() in written]
+        if clash:
+            raise UserError(f"--out {args.out} would overwrite the input {clash[0]}; choose another --out")
         gt = ev.load_ground_truth(gt_path, args.split)
         novel, base = ev.parse_novel(args.novel)
         if novel is None and args.split == "coco-ovd" and "ovd_split" not in (gt.get("info") or {}) \
@@ -112,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
             novel, base = ev.parse_novel(str(Path(args.data) / SPLIT_FILE))
             print(f"novel classes from {Path(args.data) / SPLIT_FILE}: {', '.join(map(str, novel))}")
         if args.detections is not None:
-            detections = ev.check_coco_results(ev.load_json(args.detections, "detections file"), args.detections)
+            detections = ev.check_coco_results(ev.load_json(args.detections, "detections file"), args.detections, gt)
             result = ev.evaluate(args.split, detections, gt, novel, None, args.verbose, base)
             info = {"detections": str(args.detections)}
         else:
-            result, info = _run_model(args, gt, novel, base)
+            result, info = _run_model(args, gt, novel, base, device)
         metrics_path = Path(args.out) / "metrics.json"
         ev.save_json(metrics_path, {**result, "gt": str(gt_path), **info})
     print(ev.format_table(result, per_class=args.per_class))
@@ -168,7 +174,7 @@ def _image_root(data: str | None, first: dict) -> Path:
                     f"(looked in {', '.join(DEFAULT_IMAGES)}): pass --images DIR")
 
 
-def _run_model(args, gt: dict, novel, base) -> tuple[dict, dict]:
+def _run_model(args, gt: dict, novel, base, device: str) -> tuple[dict, dict]:
     """Runs the detector over the ground truth's images and scores it -> (result, info); writes detections.json."""
     from cora.config import config_to_dict
     from cora.engine import evaluate as ev
@@ -183,7 +189,7 @@ def _run_model(args, gt: dict, novel, base) -> tuple[dict, dict]:
     exported = args.checkpoint is not None and Path(args.checkpoint).suffix.lower() in EXPORTED_SUFFIXES
     # An export's settings are fixed: only the prior (a runtime input) follows the protocol there.
     source = common.model_source(args, overrides=[] if exported else overrides)
-    model = load_detector(**source, device=common.resolve_device(args.device))
+    model = load_detector(**source, device=device)
     print(protocol_line(protocol, model, novel_prior))
     cfg = getattr(model, "cfg", None)
     if cfg is not None and cfg.inference.max_detections < ev.MAX_DETS[args.split]:

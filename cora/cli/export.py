@@ -59,12 +59,12 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
     common.add_model_arguments(p)
     p.add_argument("--vocab", default=None, help="bake this vocabulary in: comma-separated names or a .txt / COCO-LVIS "
                    ".json file (default: none, text_embeddings is a graph input)")
-    p.add_argument("--max-detections", type=int, default=None, help="M, detections per image (default: the config's "
+    p.add_argument("--max-detections", type=common.POSITIVE_INT, default=None, help="M, detections per image (default: the config's "
                    "inference.max_detections)")
-    p.add_argument("--score-threshold", type=float, default=None, help="keep scores above this (default: the "
+    p.add_argument("--score-threshold", type=common.PROBABILITY, default=None, help="keep scores above this (default: the "
                    "config's inference.score_threshold)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    size.add_argument("--image-size", type=common.POSITIVE_INT, nargs=2, metavar=("H", "W"), default=None,
                       help="static input size (multiples of 32; default: dynamic)")
     size.add_argument("--dynamic-size", action="store_true", help="dynamic height and width (the default)")
     p.add_argument("--text-encoder", default=None, metavar="PATH",
@@ -75,14 +75,14 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="allow fp16 kernels (softmax, normalisation, attention-pool "
                    "logits, TopK and NMS stay fp32; default: fp32 only)")
-    p.add_argument("--vocab-profile", type=int, nargs=3, default=[1, 80, 4096], metavar=("MIN", "OPT", "MAX"),
+    p.add_argument("--vocab-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 80, 4096], metavar=("MIN", "OPT", "MAX"),
                    help="vocabulary sizes K of the optimisation profile (default: 1 80 4096)")
-    p.add_argument("--image-profile", type=int, nargs=6, default=None,
+    p.add_argument("--image-profile", type=common.POSITIVE_INT, nargs=6, default=None,
                    metavar=("MIN_H", "MIN_W", "OPT_H", "OPT_W", "MAX_H", "MAX_W"),
                    help="image sizes of the profile, multiples of 32 (default: from the export's resize sizes)")
-    p.add_argument("--batch-profile", type=int, nargs=3, default=[1, 1, 4], metavar=("MIN", "OPT", "MAX"),
+    p.add_argument("--batch-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 1, 4], metavar=("MIN", "OPT", "MAX"),
                    help="batch sizes of the profile (default: 1 1 4)")
-    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default: 4)")
+    p.add_argument("--workspace", type=common.POSITIVE, default=4.0, help="builder workspace in GiB (default: 4)")
 
 
 def check_profiles(args) -> str | None:
@@ -116,6 +116,26 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run, _parser=p)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any (slow) work: --out and --text-encoder (and their .json sidecars) are file paths, distinct,
+    and none of them is an input file."""
+    flags = [("--out", args.out), ("--text-encoder", getattr(args, "text_encoder", None))]
+    outputs = [(flag, p) for flag, path in flags if path is not None for p in (path, f"{path}.json")]
+    for flag, path in outputs:
+        common.check_output_file(path, flag)
+    inputs = [getattr(args, name, None) for name in ("onnx", "checkpoint", "clip_weights", "vocab")]
+    inputs = {os.path.abspath(p) for p in inputs if p is not None and os.path.isfile(p)}
+    seen = set()
+    for flag, path in outputs:
+        full = os.path.abspath(path)
+        if full in inputs:
+            raise UserError(f"{flag} {args.out if flag == '--out' else args.text_encoder}: {path} would replace an "
+                            "input file; choose another path")
+        if full in seen:
+            raise UserError(f"{flag} {path} names the same file as another output; choose another path")
+        seen.add(full)
+
+
 def export_onnx(args: argparse.Namespace) -> None:
     """Exports the detector (and the text encoder with --text-encoder), checks parity, lints for TensorRT."""
     import time
@@ -132,6 +152,7 @@ def export_onnx(args: argparse.Namespace) -> None:
         overrides.append(f"inference.score_threshold={args.score_threshold}")
     source = common.model_source(args, overrides)
     with common.user_errors():
+        check_outputs(args)
         vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
     detector = load_model(**source)
     start = time.perf_counter()
@@ -157,6 +178,7 @@ def build_engine(args: argparse.Namespace) -> None:
 
     if not os.path.isfile(args.onnx):
         raise UserError(f"{args.onnx} does not exist (export one with `cora export --format onnx`)")
+    check_outputs(args)
     missing = tensorrt_missing(args.onnx)
     if missing is not None:
         raise UserError(missing)
@@ -176,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if misplaced:
         flags = ", ".join("--" + d.replace("_", "-") for d in misplaced)
         parser.error(f"{flags}: only for --format engine (got --format {fmt.arg})")
+    check_outputs(args)
     if fmt.arg == "onnx":
         export_onnx(args)
         return 0

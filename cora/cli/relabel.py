@@ -42,9 +42,9 @@ def add_parser(sub) -> None:
                                "converted release); its config replaces --preset (default: none)")
     p.add_argument("--prompt", default=None, help="region prompt file from `cora train-prompt` (prompt.pth) or an "
                    "official prompt file; replaces the checkpoint's prompt (default: the model's own)")
-    p.add_argument("--min-score", type=float, default=None, help="relabel only when the argmax class has at least "
+    p.add_argument("--min-score", type=common.PROBABILITY, default=None, help="relabel only when the argmax class has at least "
                    "this softmax probability over the vocabulary, else keep the category (default: always relabel)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--batch-size", type=common.POSITIVE_INT, default=8, help="images per forward pass (default: 8)")
     common.add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     p.set_defaults(run=run)
@@ -63,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("no images: pass --images DIR (the root file_name is relative to) or --data DIR")
         data = common.data_dir(args)
         ann_file = Path(args.ann_file) if args.ann_file else data / "instances_train.json"
+        common.check_output_file(args.out, "--out")
         if Path(args.out).resolve() == ann_file.resolve():
             raise UserError(f"--out {args.out} would overwrite the input annotations")
+        device = common.resolve_device(args.device)
         dataset = relabel_dataset(ann_file, args.images or data, args.vocabulary, common.split_file(args.split, data))
-
         source = common.model_source(args)
-        model = load_model(**source, device=common.resolve_device(args.device))
+        model = load_model(**source, device=device)
         if args.prompt:
             model.region_classifier.load_prompt(load_prompt_file(args.prompt))
         result, stats = relabel_annotations(model, dataset, batch_size=args.batch_size, min_score=args.min_score,

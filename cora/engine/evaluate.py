@@ -58,8 +58,10 @@ def detections_to_coco(det: Mapping, image_id: int, category_ids: Sequence[int] 
     return out
 
 
-def check_coco_results(results, source: str = "detections") -> list[dict]:
-    """ValueError unless `results` is in COCO results format (see RESULTS_FORMAT); returns it."""
+def check_coco_results(results, source: str = "detections", gt: dict | None = None) -> list[dict]:
+    """ValueError unless `results` is in COCO results format (see RESULTS_FORMAT) with finite numbers and
+    boxes of non-negative size, and (given the ground truth `gt`) only its image and category ids; returns it.
+    A NaN score or box would otherwise be scored as a silent AP of 0."""
     if not isinstance(results, list):
         raise ValueError(f"{source} is not COCO results format: expected {RESULTS_FORMAT}, "
                          f"got {type(results).__name__}")
@@ -73,8 +75,18 @@ def check_coco_results(results, source: str = "detections") -> list[dict]:
             problem = "has a non-numeric image_id, category_id or score"
         elif not (isinstance(d["bbox"], list) and len(d["bbox"]) == 4 and all(_is_number(v) for v in d["bbox"])):
             problem = f"has bbox {d['bbox']!r}, expected 4 numbers [x, y, w, h]"
+        elif not all(math.isfinite(v) for v in (d["score"], *d["bbox"])):
+            problem = f"has a non-finite score or bbox (score {d['score']!r}, bbox {d['bbox']!r})"
+        elif d["bbox"][2] < 0 or d["bbox"][3] < 0:
+            problem = f"has bbox {d['bbox']!r} of negative width or height"
         if problem:
             raise ValueError(f"{source} is not COCO results format: entry {i} {problem} (expected {RESULTS_FORMAT})")
+    if gt is not None:
+        for what, key, known in (("image", "image_id", {im["id"] for im in gt["images"]}),
+                                 ("category", "category_id", {c["id"] for c in gt["categories"]})):
+            if unknown := sorted({d[key] for d in results} - known):
+                raise ValueError(f"{source} names {len(unknown)} {what} id(s) absent from the ground truth, "
+                                 f"e.g. {unknown[:5]}")
     return results
 
 
@@ -237,12 +249,10 @@ def _prepare(detections, gt: dict, image_ids, cat_ids=None) -> tuple[list[dict],
     """Copies of the detections on the evaluated images (+ a sentinel when there are none: both APIs fail
     on an empty list; its category is outside the ground truth, so it is never scored), the image ids and
     the result's counts (images, detections on them, those of categories outside cat_ids)."""
-    check_coco_results(detections)
     known = {img["id"] for img in gt["images"]}
     if not known:
         raise ValueError("ground truth has no images")
-    if unknown := sorted({d["image_id"] for d in detections} - known):
-        raise ValueError(f"detections name {len(unknown)} image id(s) absent from the ground truth, e.g. {unknown[:5]}")
+    check_coco_results(detections, gt=gt)
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if missing := sorted(set(image_ids) - known):
         raise ValueError(f"image_ids absent from the ground truth, e.g. {missing[:5]}")

@@ -1,6 +1,7 @@
 """cora.cli.common: the shared model / device / vocabulary flags and the one conversion to UserError."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -50,16 +51,25 @@ def test_every_flag_has_help_and_a_default():
 def test_device_rule(monkeypatch):
     import torch
 
-    assert common.resolve_device("cuda:3") == "cuda:3"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert common.resolve_device(None) == "cpu"
+    assert common.resolve_device("cpu") == "cpu"
+    for device, message in (("cuda", "torch sees no CUDA GPU"), ("cuda:0", "torch sees no CUDA GPU"), ("bogus", "expected cpu"),
+                            ("meta", "expected cpu")):
+        with pytest.raises(UserError, match=f"^--device '?{device}'?: {message}"):
+            common.resolve_device(device)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert common.resolve_device(None) == "cuda"
+    assert common.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(UserError, match="sees 2 CUDA GPU"):
+        common.resolve_device("cuda:2")
 
 
 def test_vocabulary_source():
     assert common.vocabulary_source(parser().parse_args(["--vocab", "cat,dog"])) == "cat,dog"
-    assert common.vocabulary_source(parser().parse_args(["--vocab-file", "x.txt"])) == "x.txt"
+    # --vocab-file is a Path: load_vocabulary reads it as a file whatever its name
+    assert common.vocabulary_source(parser().parse_args(["--vocab-file", "x.txt"])) == Path("x.txt")
     with pytest.raises(SystemExit):
         parser().parse_args(["--vocab", "cat", "--vocab-file", "x.txt"])
 

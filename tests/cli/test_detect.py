@@ -53,10 +53,11 @@ def test_vocab_file(images, tmp_path):
         (["--vocab", "cat", "--random-init", "--preset", "rn5O_coco"], "did you mean 'rn50_coco'"),
     ],
 )
-def test_errors_are_one_line_and_exit_1(tmp_path, capsys, extra, message):
+def test_errors_are_one_line_and_exit_1(images, tmp_path, capsys, extra, message):
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello")
-    assert main(["detect", str(bad), *extra, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
+    image = str(bad) if message == "cannot read image" else images[0]
+    assert main(["detect", image, *extra, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 

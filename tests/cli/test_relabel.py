@@ -47,12 +47,12 @@ def test_cli_skips_other_classes_crowd_and_degenerate_boxes(tmp_path, capsys):
     assert record["ann_file"] == str(root / "instances_train.json") and record["random_init"] is True
 
 
-def test_min_score_above_one_changes_nothing_and_bad_input_exits_1(tmp_path, capsys):
+def test_min_score_one_changes_nothing_and_bad_input_exits_1(tmp_path, capsys):
     root = tmp_path / "shapes"
     data = make_data(root)
     out = tmp_path / "out" / "r.json"
     common = ["relabel", "--preset", "tiny", "--random-init", "--no-progress", "--device", "cpu"]
-    args = parse([*common, "--data", str(root), "--min-score", "1.01", "--out", str(out)])
+    args = parse([*common, "--data", str(root), "--min-score", "1", "--out", str(out)])
     assert args.run(args) == 0
     result = json.loads(out.read_text())
     record = result["info"].pop(RECORD_KEY)
