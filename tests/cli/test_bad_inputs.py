@@ -251,6 +251,22 @@ def test_refused_with_one_line(d, capsys, argv, code, pattern):
         assert err.count("\n") == 1, err
 
 
+def test_refused_pickle_in_a_training_state(d, tmp_path, capsys):
+    """--resume over a training_state.pt that pickles code: refused (nothing runs), in one line."""
+    from cora.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", num_images=4, size=(64, 64))
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    torch.save(Evil(), step / "training_state.pt")
+    (tmp_path / "run" / "last_checkpoint").write_text(step.name)
+    code, _, err = cli(["train-prompt", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TINY,
+                        "--resume", "--no-progress"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(r"^cora train-prompt: .*step_00000001/training_state\.pt", err), err
+    assert not os.path.exists("/tmp/cora_pwned")
+
+
 def test_device_cuda_without_a_gpu(d, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
