@@ -90,17 +90,16 @@ def check_value(key: str, value, annotation: str):
     kinds = [k.strip() for k in str(annotation).split("|")]
     if value is None and "None" in kinds:
         return None
-    expected = " or ".join("null" if k == "None" else k for k in kinds)
     if "str" in kinds and isinstance(value, str):
         return value
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if "int" in kinds and numeric and float(value).is_integer() and not isinstance(value, float):
-        value = int(value)
+    if "int" in kinds and numeric and isinstance(value, int):
+        pass
     elif "float" in kinds and numeric and math.isfinite(value):
         value = float(value)
     else:
-        raise ValueError(f"config key {key} must be {'a finite ' if 'float' in kinds else 'an ' if 'int' in kinds else 'a '}"
-                         f"{expected}, got {value!r}")
+        names = {"int": "an int", "float": "a finite float", "str": "a str", "None": "null"}
+        raise ValueError(f"config key {key} must be {' or '.join(names[k] for k in kinds)}, got {value!r}")
     low, high = RANGES.get(key, (1, math.inf) if "int" in kinds else (-math.inf, math.inf))
     if not low <= value <= high:
         raise ValueError(f"config key {key} must be in [{low:g}, {high:g}], got {value!r}")
@@ -128,7 +127,8 @@ def config_from_dict(data: dict[str, Any], cls=CORAConfig, path: str = ""):
     """Inverse of config_to_dict; unknown keys and wrong values are errors (a misspelled key never passes
     silently); missing keys take their defaults."""
     if not isinstance(data, dict):
-        raise ValueError(f"config {path.rstrip('.') or 'file'} must be a JSON object of keys, got {type(data).__name__}")
+        where = path.rstrip(".") or "file"
+        raise ValueError(f"config {where} must be a JSON object of keys, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:

@@ -96,7 +96,8 @@ def read_vocabulary_file(path: str | os.PathLike) -> list[str]:
     try:
         names = _names_from_json(path) if suffix == ".json" else _names_from_txt(path)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"vocabulary file {path} is not {'JSON' if suffix == '.json' else 'UTF-8 text'} ({e})") from None
+        kind = "JSON" if suffix == ".json" else "UTF-8 text"
+        raise ValueError(f"vocabulary file {path} is not {kind} ({e})") from None
     return check_names(names, f"vocabulary file {path}")
 
 

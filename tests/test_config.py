@@ -39,3 +39,37 @@ def test_errors_name_the_choices():
     data["localizer"]["num_querys"] = 5
     with pytest.raises(ValueError, match=r"unknown config key localizer. 'num_querys'"):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize("override, value", [
+    ("inference.max_detections=300", 300), ("temperature=50", 50.0), ("inference.nms_iou=1", 1.0),
+    ("backbone.pretrained=null", None), ("backbone.pretrained=2023", "2023"),  # a name that reads as a number
+    ("inference.pre_nms_topk=0", 0), ("text_context_length=15", 15),
+])
+def test_override_values_take_the_field_type(override, value):
+    key = override.split("=")[0]
+    got = apply_overrides(get_preset("tiny"), [override])
+    for part in key.split("."):
+        got = getattr(got, part)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inference.max_detections=abc", "an int, got 'abc'"), ("inference.max_detections=2.5", "an int, got 2.5"),
+    ("inference.max_detections=true", "an int, got True"), ("inference.max_detections=0", r"in \[1, inf\]"),
+    ("inference.score_threshold=NaN", "a finite float, got nan"), ("inference.nms_iou=1.5", r"in \[0, 1\]"),
+    ("localizer.dropout=null", "a finite float, got None"), ("text_context_length=78", r"in \[2, 77\]"),
+    ("temperature=-1", r"in \[1e-06, inf\], got -1"),
+])
+def test_override_values_outside_the_field_type_are_refused(override, message):
+    with pytest.raises(ValueError, match=f"config key {override.split('=')[0]} must be .*{message}"):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+def test_config_json_values_are_checked_too():
+    data = config_to_dict(get_preset("tiny"))
+    data["inference"]["max_detections"] = "100"
+    with pytest.raises(ValueError, match="config key inference.max_detections must be an int, got '100'"):
+        config_from_dict(data)
+    with pytest.raises(ValueError, match="config file must be a JSON object of keys, got list"):
+        config_from_dict([data])

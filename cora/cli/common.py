@@ -34,17 +34,20 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
               f"{'<' if high_open else '<='} {high:g}" if high is not None else ""]
     expected = f"{'an integer' if kind is int else 'a finite number'} {' and '.join(b for b in bounds if b)}".strip()
 
+    def inside(value) -> bool:
+        above = low is None or (value > low if low_open else value >= low)
+        below = high is None or (value < high if high_open else value <= high)
+        return math.isfinite(value) and above and below
+
     def parse(text):
         try:
             value = kind(str(text).strip())
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
-                or (high is not None and (value >= high if high_open else value > high)):
+        if value is None or not inside(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {str(text)!r}")
         return value
 
-    parse.__name__ = expected  # argparse names the type in some messages
     return parse
 
 

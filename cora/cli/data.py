@@ -37,13 +37,15 @@ def add_make_synthetic_parser(sub) -> None:
                     "(LVIS) and OUT/split.json (base / novel class names). The same seed gives the same files.",
     )
     p.add_argument("out", help="output folder (created; existing files of the same names are replaced)")
-    p.add_argument("--images", type=common.POSITIVE_INT, default=100, help="number of images, train + val (default: 100)")
+    p.add_argument("--images", type=common.POSITIVE_INT, default=100,
+                   help="number of images, train + val (default: 100)")
     p.add_argument("--seed", type=common.SEED, default=0, help="random seed (default: 0)")
     p.add_argument("--size", type=common.number(int, 32), nargs=2, default=(128, 128), metavar=("H", "W"),
                    help="image height and width in pixels, each >= 32 (default: 128 128)")
     p.add_argument("--val-fraction", type=common.FRACTION, default=0.2,
                    help="fraction of the images in the validation set (default: 0.2)")
-    p.add_argument("--max-objects", type=common.POSITIVE_INT, default=6, help="most shapes per image, besides a crowd (default: 6)")
+    p.add_argument("--max-objects", type=common.POSITIVE_INT, default=6,
+                   help="most shapes per image, besides a crowd (default: 6)")
     p.add_argument("--colour-classes", action="store_true",
                    help='name classes "<colour> <shape>" (48 classes) instead of by shape only (8 classes)')
 

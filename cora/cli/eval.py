@@ -75,10 +75,12 @@ def add_parser(sub) -> None:
                    "else --data/split.json, else the COCO OVD 17 novel / 48 base classes)")
     common.add_model_arguments(p, checkpoint_help="a cora checkpoint folder (model.safetensors + config.json) or an "
                                "exported .onnx / .engine (default: none)")
-    p.add_argument("--novel-prior", type=common.NON_NEGATIVE, default=None, help="class_prior of the novel (LVIS: rare) classes "
+    p.add_argument("--novel-prior", type=common.NON_NEGATIVE, default=None,
+                   help="class_prior of the novel (LVIS: rare) classes "
                    "in pre-matching (default: 8 with --protocol official on coco-ovd, else 1)")
     p.add_argument("--batch-size", type=common.POSITIVE_INT, default=1, help="images per forward pass (default: 1)")
-    p.add_argument("--limit", type=common.POSITIVE_INT, default=None, help="evaluate the first N images only (default: all)")
+    p.add_argument("--limit", type=common.POSITIVE_INT, default=None,
+                   help="evaluate the first N images only (default: all)")
     common.add_device_argument(p)
     p.add_argument("--out", default="eval", help="output folder (default: ./eval)")
     p.add_argument("--per-class", action="store_true", help="also print per-class AP (default: off)")

@@ -59,9 +59,11 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
     common.add_model_arguments(p)
     p.add_argument("--vocab", default=None, help="bake this vocabulary in: comma-separated names or a .txt / COCO-LVIS "
                    ".json file (default: none, text_embeddings is a graph input)")
-    p.add_argument("--max-detections", type=common.POSITIVE_INT, default=None, help="M, detections per image (default: the config's "
+    p.add_argument("--max-detections", type=common.POSITIVE_INT, default=None,
+                   help="M, detections per image (default: the config's "
                    "inference.max_detections)")
-    p.add_argument("--score-threshold", type=common.PROBABILITY, default=None, help="keep scores above this (default: the "
+    p.add_argument("--score-threshold", type=common.PROBABILITY, default=None,
+                   help="keep scores above this (default: the "
                    "config's inference.score_threshold)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--image-size", type=common.POSITIVE_INT, nargs=2, metavar=("H", "W"), default=None,
@@ -75,12 +77,14 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="allow fp16 kernels (softmax, normalisation, attention-pool "
                    "logits, TopK and NMS stay fp32; default: fp32 only)")
-    p.add_argument("--vocab-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 80, 4096], metavar=("MIN", "OPT", "MAX"),
+    p.add_argument("--vocab-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 80, 4096],
+                   metavar=("MIN", "OPT", "MAX"),
                    help="vocabulary sizes K of the optimisation profile (default: 1 80 4096)")
     p.add_argument("--image-profile", type=common.POSITIVE_INT, nargs=6, default=None,
                    metavar=("MIN_H", "MIN_W", "OPT_H", "OPT_W", "MAX_H", "MAX_W"),
                    help="image sizes of the profile, multiples of 32 (default: from the export's resize sizes)")
-    p.add_argument("--batch-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 1, 4], metavar=("MIN", "OPT", "MAX"),
+    p.add_argument("--batch-profile", type=common.POSITIVE_INT, nargs=3, default=[1, 1, 4],
+                   metavar=("MIN", "OPT", "MAX"),
                    help="batch sizes of the profile (default: 1 1 4)")
     p.add_argument("--workspace", type=common.POSITIVE, default=4.0, help="builder workspace in GiB (default: 4)")
 

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
                                "converted release); its config replaces --preset (default: none)")
     p.add_argument("--prompt", default=None, help="region prompt file from `cora train-prompt` (prompt.pth) or an "
                    "official prompt file; replaces the checkpoint's prompt (default: the model's own)")
-    p.add_argument("--min-score", type=common.PROBABILITY, default=None, help="relabel only when the argmax class has at least "
+    p.add_argument("--min-score", type=common.PROBABILITY, default=None,
+                   help="relabel only when the argmax class has at least "
                    "this softmax probability over the vocabulary, else keep the category (default: always relabel)")
     p.add_argument("--batch-size", type=common.POSITIVE_INT, default=8, help="images per forward pass (default: 8)")
     common.add_device_argument(p)

@@ -37,33 +37,47 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr_drop: int | None, ema: f
                                "weights (default: off)")
     p.add_argument("--out", default=None, help="output folder (log.jsonl, loss.png, checkpoints/, best/, model/) (required)")
     p.add_argument("--epochs", type=common.POSITIVE_INT, default=epochs, help=f"epochs (default: {epochs})")
-    p.add_argument("--batch-size", type=common.POSITIVE_INT, default=32, help="images per iteration, over all processes (default: 32)")
+    p.add_argument("--batch-size", type=common.POSITIVE_INT, default=32,
+                   help="images per iteration, over all processes (default: 32)")
     p.add_argument("--lr", type=common.POSITIVE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     p.add_argument("--weight-decay", type=common.NON_NEGATIVE, default=1e-4, help="AdamW weight decay (default: 1e-4)")
-    p.add_argument("--lr-drop-epoch", type=common.POSITIVE_INT, default=lr_drop, help=f"lr x 0.1 from this epoch (default: {lr_drop})")
-    p.add_argument("--clip-max-norm", type=common.NON_NEGATIVE, default=clip, help=f"gradient clipping, 0 = off (default: {clip})")
-    p.add_argument("--ema-decay", type=common.FRACTION, default=ema, help=f"EMA decay of the trained weights, 0 = off (default: {ema})")
-    p.add_argument("--class-dropout", type=common.FRACTION, default=dropout, help=f"class dropout probability (default: {dropout})")
+    p.add_argument("--lr-drop-epoch", type=common.POSITIVE_INT, default=lr_drop,
+                   help=f"lr x 0.1 from this epoch (default: {lr_drop})")
+    p.add_argument("--clip-max-norm", type=common.NON_NEGATIVE, default=clip,
+                   help=f"gradient clipping, 0 = off (default: {clip})")
+    p.add_argument("--ema-decay", type=common.FRACTION, default=ema,
+                   help=f"EMA decay of the trained weights, 0 = off (default: {ema})")
+    p.add_argument("--class-dropout", type=common.FRACTION, default=dropout,
+                   help=f"class dropout probability (default: {dropout})")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="autocast the forward pass: bf16, or fp16 with dynamic loss scaling (default: off)")
-    p.add_argument("--sampled-classes", type=common.NON_NEGATIVE_INT, default=0, help="stage 1: classes per iteration, those in the batch "
+    p.add_argument("--sampled-classes", type=common.NON_NEGATIVE_INT, default=0,
+                   help="stage 1: classes per iteration, those in the batch "
                    "plus uniformly sampled others (LVIS: 100; default: 0 = the whole vocabulary)")
-    p.add_argument("--repeat-factor-threshold", type=common.PROBABILITY, default=0.0, help="LVIS repeat-factor sampling threshold "
+    p.add_argument("--repeat-factor-threshold", type=common.PROBABILITY, default=0.0,
+                   help="LVIS repeat-factor sampling threshold "
                    "(LVIS: 0.001; default: 0 = off)")
-    p.add_argument("--relaxed-match-threshold", type=common.PROBABILITY, default=0.0, help="stage 2: also match ground truths of "
+    p.add_argument("--relaxed-match-threshold", type=common.PROBABILITY, default=0.0,
+                   help="stage 2: also match ground truths of "
                    "classes whose text cosine with the query's class exceeds this (LVIS: 0.7; default: 0 = off)")
-    p.add_argument("--seed", type=common.SEED, default=0, help="seed of the fresh weights, data order, transforms and class "
+    p.add_argument("--seed", type=common.SEED, default=0,
+                   help="seed of the fresh weights, data order, transforms and class "
                    "dropout (default: 0)")
-    p.add_argument("--workers", type=common.NON_NEGATIVE_INT, default=0, help="DataLoader workers per process (default: 0)")
-    p.add_argument("--save-every", type=common.NON_NEGATIVE_INT, default=0, help="steps between checkpoints, 0 = end of epoch (default: 0)")
-    p.add_argument("--max-steps", type=common.POSITIVE_INT, default=None, help="stop after this many steps (default: none)")
+    p.add_argument("--workers", type=common.NON_NEGATIVE_INT, default=0,
+                   help="DataLoader workers per process (default: 0)")
+    p.add_argument("--save-every", type=common.NON_NEGATIVE_INT, default=0,
+                   help="steps between checkpoints, 0 = end of epoch (default: 0)")
+    p.add_argument("--max-steps", type=common.POSITIVE_INT, default=None,
+                   help="stop after this many steps (default: none)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last_checkpoint")
-    p.add_argument("--eval-every", type=common.NON_NEGATIVE_INT, default=0, help="evaluate the EMA weights every N epochs on the "
+    p.add_argument("--eval-every", type=common.NON_NEGATIVE_INT, default=0,
+                   help="evaluate the EMA weights every N epochs on the "
                    "validation data and keep the best checkpoint in --out/best (default: 0 = never)")
     p.add_argument("--val-gt", default=None, help="validation ground truth (default: --data/instances_val.json)")
     p.add_argument("--val-images", default=None, help="validation image root (default: --images, else --data)")
     p.add_argument("--eval-metric", default=None, help="metric that picks best/ (default: AP50_novel; with --lvis: APr)")
-    p.add_argument("--eval-batch-size", type=common.POSITIVE_INT, default=8, help="images per forward pass in evaluation (default: 8)")
+    p.add_argument("--eval-batch-size", type=common.POSITIVE_INT, default=8,
+                   help="images per forward pass in evaluation (default: 8)")
     common.add_device_argument(p, "; under torchrun each process takes cuda:LOCAL_RANK")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(config_parser=p)

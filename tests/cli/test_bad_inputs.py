@@ -9,7 +9,6 @@ The CLI runs in-process through cora.cli.main; `{d}` in a row is the folder of t
 import argparse
 import json
 import os
-import pickle
 import re
 import struct
 import subprocess
@@ -152,7 +151,8 @@ REFUSED = [
     # Silent wrong results: --set / --config checked against the config's types, numbers against their range
     ("set-wrong-type", [*DETECT, *TINY, "--set", "inference.max_detections=abc"],
      1, r"^cora detect: config key inference\.max_detections must be an int, got 'abc'$"),
-    ("set-out-of-range", [*DETECT, *TINY, "--set", "inference.nms_iou=2"], 1, r"inference\.nms_iou must be in \[0, 1\]"),
+    ("set-out-of-range", [*DETECT, *TINY, "--set", "inference.nms_iou=2"], 1,
+     r"inference\.nms_iou must be in \[0, 1\]"),
     ("set-nan", [*DETECT, *TINY, "--set", "inference.score_threshold=NaN"], 1, r"must be a finite float, got nan"),
     ("config-nan-lr", ["train", "--config", "{d}/nan_lr.yaml"], 1,
      r"^cora train: --config .*nan_lr\.yaml: lr: expected a finite number > 0, got 'nan'$"),
@@ -163,9 +163,11 @@ REFUSED = [
     ("relabel-min-score-nan", ["relabel", "--out", "x.json", "--min-score", "nan"], 2, r"argument --min-score"),
     ("eval-novel-prior-nan", ["eval", "--split", "coco-ovd", "--novel-prior", "nan"], 2, r"argument --novel-prior"),
     ("eval-limit-0", ["eval", "--split", "coco-ovd", "--limit", "0"], 2, r"argument --limit: expected an integer >= 1"),
-    ("train-ema-decay-2", [*TRAIN, "--ema-decay", "2"], 2, r"argument --ema-decay: expected a finite number >= 0 and < 1"),
+    ("train-ema-decay-2", [*TRAIN, "--ema-decay", "2"], 2,
+     r"argument --ema-decay: expected a finite number >= 0 and < 1"),
     ("train-class-dropout-1.5", [*TRAIN, "--class-dropout", "1.5"], 2, r"argument --class-dropout"),
-    ("train-save-every-negative", [*TRAIN, "--save-every", "-1"], 2, r"argument --save-every: expected an integer >= 0"),
+    ("train-save-every-negative", [*TRAIN, "--save-every", "-1"], 2,
+     r"argument --save-every: expected an integer >= 0"),
     ("train-clip-max-norm-nan", [*TRAIN, "--clip-max-norm", "nan"], 2, r"argument --clip-max-norm"),
     ("train-max-steps-0", [*TRAIN, "--max-steps", "0"], 2, r"argument --max-steps: expected an integer >= 1, got '0'"),
     ("train-max-steps-negative", [*TRAIN, "--max-steps", "-3"], 2, r"argument --max-steps"),
@@ -224,7 +226,8 @@ REFUSED = [
     ("image-garbage", ["detect", "{d}/garbage.png", "--vocab", "cat", *TINY], 1, r"cannot read image .*garbage\.png"),
     ("image-empty", ["detect", "{d}/empty.png", "--vocab", "cat", *TINY], 1, r"cannot read image .*empty\.png"),
     # flags and files of the wrong kind
-    ("config-bad-yaml", ["train", "--config", "{d}/bad.yaml"], 1, r"^cora train: --config .*bad\.yaml is not valid YAML"),
+    ("config-bad-yaml", ["train", "--config", "{d}/bad.yaml"], 1,
+     r"^cora train: --config .*bad\.yaml is not valid YAML"),
     ("device-bogus", [*DETECT, "--preset", "tiny", "--random-init", "--device", "bogus"], 1,
      r"^cora detect: --device 'bogus': expected cpu, cuda or cuda:N$"),
     ("detect-out-is-a-file", [*DETECT, *TINY, "--out", "{d}/existing_file"], 1,
