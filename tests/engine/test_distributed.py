@@ -1,4 +1,7 @@
-"""Data-parallel training: 2 gloo processes on CPU train exactly as 1 process on the same global batches."""
+"""Data-parallel training: 2 gloo processes on CPU train exactly as 1 process on the same global batches.
+
+The gradient of one step (SGD, no clipping: nothing that hides a gradient's scale) is compared first, to
+rtol 1e-5; then a whole run (Adam, clipping, class dropout, EMA) end to end."""
 
 import json
 import os
@@ -28,6 +31,28 @@ def _setup(root):
     return data, model, model.encode_vocabulary(list(data.vocabulary))
 
 
+def one_step_update(model, data, text, rank: int = 0, world: int = 1, lr: float = 0.1) -> dict:
+    """The change of the trainable weights after one SGD step (no clipping) on the global batch of items
+    0..3, this process taking items rank, rank + world, ... (run_training's split): -lr x the gradient."""
+    from cora.engine.distributed import average_gradients
+    from cora.engine.train_localizer import LOCALIZER_PREFIXES, localizer_step
+    from cora.engine.trainer import freeze_except
+    from cora.modeling.losses import SetCriterion
+
+    trainable = freeze_except(model, LOCALIZER_PREFIXES)
+    before = {k: v.detach().clone() for k, v in trainable.items()}
+    images, targets = zip(*[data[i] for i in range(4)][rank::world])
+    # class dropout on: each process draws the same class split from its own copy of the generator
+    ctx = {"tcfg": TrainConfig(class_dropout=1.0), "step_rng": torch.Generator().manual_seed(7), "criterion": SetCriterion()}
+    model.train()
+    model.backbone.eval()
+    loss, _ = localizer_step(model, list(images), list(targets), text, ctx)
+    loss.backward()
+    average_gradients(list(trainable.values()))
+    torch.optim.SGD(trainable.values(), lr=lr).step()
+    return {k: (v.detach() - before[k]) for k, v in trainable.items()}
+
+
 def _worker(rank, world, port, root, out):
     from cora.engine.distributed import average_gradients, init_distributed, mean_over_processes
 
@@ -41,6 +66,8 @@ def _worker(rank, world, port, root, out):
     average_gradients([p])
     assert torch.equal(p.grad, torch.full((3,), (world + 1) / 2))  # the mean over processes
     assert mean_over_processes({"a": float(rank)}) == {"a": (world - 1) / 2}
+    data, model, text = _setup(root)
+    torch.save(one_step_update(model, data, text, rank, world), out / f"update_rank{rank}.pt")
     data, model, text = _setup(root)
     train_localizer(model, data, out, TCFG, text_embeddings=text, progress=False)
     torch.save(model.learned_state_dict(), out / f"weights_rank{rank}.pt")
@@ -58,9 +85,22 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     root = tmp_path / "shapes"
     write_synthetic(root, num_images=9, seed=4, size=(64, 64), val_fraction=0.1)  # 8 training images
     data, single, text = _setup(root)
+    ref = one_step_update(single, data, text)
+    data, single, text = _setup(root)
     log1 = train_localizer(single, data, tmp_path / "one", TCFG, text_embeddings=text, progress=False)
 
+    (tmp_path / "two").mkdir()
     mp.spawn(_worker, args=(2, _free_port(), root, tmp_path / "two"), nprocs=2, join=True)
+    u0, u1 = (torch.load(tmp_path / "two" / f"update_rank{r}.pt", weights_only=True) for r in (0, 1))
+    scale = max(float(v.abs().max()) for v in ref.values())
+    assert scale > 0
+    for k, v in ref.items():
+        assert torch.equal(u0[k], u1[k]), k
+        # rtol 1e-5; atol 1e-6 of the largest update for entries that are float noise around 0
+        torch.testing.assert_close(u0[k], v, rtol=1e-5, atol=1e-6 * scale, msg=k)
+    # negative control: a sum over processes instead of the mean (2 x the update) is caught
+    assert any(not torch.allclose(2 * u0[k], v, rtol=1e-5, atol=1e-6 * scale) for k, v in ref.items())
+
     log2 = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log2] == [r["step"] for r in log1] == [1, 2, 3, 4]
     for a, b in zip(log1, log2):
