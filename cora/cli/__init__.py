@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cora.errors import UserError
+from cora.errors import UserError, worker_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         return args.run(args)
     except UserError as e:
-        print(f"cora {args.command}: {e}", file=sys.stderr)
+        print(f"cora {args.command}: {worker_message(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -270,6 +270,20 @@ def test_refused_pickle_in_a_training_state(d, tmp_path, capsys):
     assert not os.path.exists("/tmp/cora_pwned")
 
 
+def test_corrupt_training_image_in_a_dataloader_worker(tmp_path, capsys):
+    """A corrupt image met by a DataLoader worker: one line naming the image, not the worker's traceback."""
+    from cora.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", num_images=4, size=(64, 64))
+    train = json.loads((tmp_path / "data" / "instances_train.json").read_text())
+    for image in train["images"]:
+        (tmp_path / "data" / image["file_name"]).write_bytes(b"corrupt")
+    code, _, err = cli(["train-prompt", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TINY,
+                        "--workers", "1", "--no-progress", "--max-steps", "1"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(r"^cora train-prompt: cannot read image .*\.png: cannot identify image file", err), err
+
+
 def test_device_cuda_without_a_gpu(d, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
