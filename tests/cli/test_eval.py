@@ -5,6 +5,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from cora.cli.eval import add_parser
 from cora.errors import UserError
@@ -155,3 +156,42 @@ def test_protocol_flags_with_detections_are_refused(files):
     with pytest.raises(UserError, match="drop --protocol, --novel-prior"):
         cora_eval(["--detections", files["dets"], "--gt", files["gt"], "--split", "coco-ovd", "--protocol", "cora",
                    "--novel-prior", "2", "--out", files["out"]])
+
+
+def test_novel_prior_moves_the_pre_matching_to_the_novel_classes(tmp_path, monkeypatch):
+    """--novel-prior 8 multiplies the novel classes' pre-matching probabilities (theirs only): more anchors are
+    matched to novel classes than with 1, and the detections change with them. A random model's logits
+    (100 x cosine) are so far apart that no prior moves an argmax: temperature 1 gives it near ties, and with
+    seed 3 every anchor goes to a base class at prior 1 (measured; seeds 0-2 pick a novel one already)."""
+    from cora.data.synthetic import write_synthetic
+    from cora.modeling.prematch import AnchorPreMatcher
+
+    data = tmp_path / "shapes"
+    write_synthetic(data, num_images=4, seed=0, size=(64, 64), val_fraction=0.5)
+    names = [c["name"] for c in json.loads((data / "instances_val.json").read_text())["categories"]]
+    novel = torch.tensor([n in json.loads((data / "split.json").read_text())["novel"] for n in names])
+    assert 0 < int(novel.sum()) < len(names)
+    real = AnchorPreMatcher.forward
+    calls = []
+
+    def spy(self, *args, **kwargs):  # (layer4_map, anchors, image_sizes, padded_size, text_embeddings, class_prior)
+        out = real(self, *args, **kwargs)
+        calls.append((args[5] if len(args) > 5 else kwargs.get("class_prior"), out["classes"]))
+        return out
+
+    monkeypatch.setattr(AnchorPreMatcher, "forward", spy)
+    novel_share, detections = {}, {}
+    for prior in (1, 8):
+        calls.clear()
+        out = tmp_path / f"prior{prior}"
+        assert cora_eval(["--data", str(data), "--split", "coco-ovd", "--random-init", "--preset", "tiny",
+                          "--seed", "3", "--set", "temperature=1", "--device", "cpu", "--out", str(out),
+                          "--novel-prior", str(prior), "--batch-size", "2"]) == 0
+        assert calls
+        for weights, _ in calls:
+            assert weights.tolist() == [float(prior) if n else 1.0 for n in novel.tolist()]
+        classes = torch.cat([c.reshape(-1) for _, c in calls])
+        novel_share[prior] = float(novel[classes].float().mean())
+        detections[prior] = json.loads((out / "detections.json").read_text())
+    assert novel_share[8] > novel_share[1], novel_share  # here 0 -> 1
+    assert detections[8] != detections[1]
