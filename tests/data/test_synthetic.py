@@ -1,7 +1,7 @@
-"""The synthetic shapes dataset: determinism, speed, and the COCO / LVIS formats."""
+"""The synthetic shapes dataset: determinism and the COCO / LVIS formats (no wall-clock assertions: timing is
+for benchmarks)."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,6 @@ def test_image_i_does_not_depend_on_the_count(tmp_path, shapes):
     write_synthetic(tmp_path, num_images=5, seed=0)
     for i in range(1, 6):
         assert (tmp_path / f"images/{i:06d}.png").read_bytes() == (shapes / f"images/{i:06d}.png").read_bytes()
-
-
-def test_fast(tmp_path):
-    start = time.perf_counter()
-    write_synthetic(tmp_path, num_images=20, seed=4, size=(128, 128))
-    assert time.perf_counter() - start < 2.0  # about 0.1 s alone; slack for busy machines
 
 
 def test_files_and_split(shapes):
