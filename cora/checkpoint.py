@@ -97,7 +97,9 @@ def load_torch_file(path: str | Path, allowed: tuple[type, ...] = ()):
         names = ", ".join(["tensors", *(c.__name__ for c in allowed)])
         raise ValueError(f"{path}: refused to load objects other than {names} ({unpickling_reason(e)})") from None
     except (EOFError, RuntimeError, OSError, KeyError, ValueError, IndexError) as e:  # what torch.load raises
-        raise ValueError(f"{path} is not a PyTorch file torch.load can read ({first_line(e)})") from None
+        # EOFError (empty), KeyError / IndexError (bytes that are no pickle) say nothing more useful
+        detail = f" ({first_line(e)})" if isinstance(e, (RuntimeError, OSError, ValueError)) else ""
+        raise ValueError(f"{path} is not a PyTorch file torch.load can read{detail}") from None
 
 
 def unpickling_reason(error: pickle.UnpicklingError) -> str:
@@ -152,11 +154,14 @@ def build_model(cfg: CORAConfig, clip_weights: str | None = None, random_init: b
 
     try:
         return CORA.from_config(cfg, clip_weights=clip_weights, random_init=random_init)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+    except ValueError as e:  # a config the modules refuse, or a clip_weights file that is not this CLIP (named)
+        raise UserError(first_line(e)) from e
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
         if isinstance(e, pickle.UnpicklingError):
             raise UserError(f"--clip-weights {clip_weights}: refused to load objects other than tensors "
                             f"({unpickling_reason(e)})") from e
         if clip_weights is not None:  # the file's own problem: empty, truncated, not a CLIP
-            raise UserError(f"--clip-weights {clip_weights}: {first_line(e)}") from e
+            reason = "empty or truncated" if isinstance(e, EOFError) else first_line(e)
+            raise UserError(f"--clip-weights {clip_weights}: {reason}") from e
         raise UserError(f"could not load the CLIP weights of {cfg.backbone.clip_model} ({first_line(e)}); "
                         "without the model hub, pass --clip-weights PATH to a local open_clip checkpoint") from e

@@ -198,6 +198,8 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror or e}") from None
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--config {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'} "
                          f"({' '.join(str(e).split())})") from None

@@ -34,8 +34,11 @@ def read_json(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"annotation file {path} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path!r} is not a COCO / LVIS instances json "
                          f"(expected an object, got {type(data).__name__})")

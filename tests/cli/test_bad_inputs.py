@@ -218,7 +218,11 @@ REFUSED = [
                           "tiny", "--out", "{d}/conv"], 1, r"no model weights in the checkpoint"),
     ("clip-weights-evil-pickle", [*DETECT, *TINY, "--clip-weights", "{d}/evil.pth"], 1,
      r"^cora detect: --clip-weights .*evil\.pth: refused to load objects other than tensors \(.*GLOBAL posix\.system"),
-    ("clip-weights-empty", [*DETECT, *TINY, "--clip-weights", "{d}/empty.pth"], 1, r"--clip-weights .*empty\.pth: "),
+    ("clip-weights-empty", [*DETECT, *TINY, "--clip-weights", "{d}/empty.pth"], 1,
+     r"--clip-weights .*empty\.pth: empty or truncated$"),
+    ("prompt-not-pytorch", ["relabel", "--ann-file", "{d}/gt.json", "--images", "{d}", "--vocabulary", "all",
+                            "--prompt", "{d}/text.pth", "--out", "{d}/relabelled.json", "--no-progress", *TINY], 1,
+     r"^cora relabel: .*text\.pth is not a PyTorch file torch\.load can read$"),
     # images
     ("image-decompression-bomb", ["detect", "{d}/bomb.png", "--vocab", "cat", *TINY], 1,
      r"cannot read image .*bomb\.png: .*decompression bomb"),
@@ -226,6 +230,12 @@ REFUSED = [
     ("image-garbage", ["detect", "{d}/garbage.png", "--vocab", "cat", *TINY], 1, r"cannot read image .*garbage\.png"),
     ("image-empty", ["detect", "{d}/empty.png", "--vocab", "cat", *TINY], 1, r"cannot read image .*empty\.png"),
     # flags and files of the wrong kind
+    ("config-missing", ["train", "--config", "{d}/missing.yaml"], 1,
+     r"^cora train: --config .*missing\.yaml: No such file or directory$"),
+    ("set-impossible-architecture", [*DETECT, *TINY, "--set", "localizer.num_heads=3"], 1,
+     r"^cora detect: DABLocalizer: hidden_dim must be divisible by num_heads"),  # not blamed on CLIP weights
+    ("annotations-not-json", ["relabel", "--ann-file", "{d}/bad.yaml", "--images", "{d}", "--out", "{d}/r.json",
+                              *TINY], 1, r"^cora relabel: annotation file .*bad\.yaml is not valid JSON"),
     ("config-bad-yaml", ["train", "--config", "{d}/bad.yaml"], 1,
      r"^cora train: --config .*bad\.yaml is not valid YAML"),
     ("device-bogus", [*DETECT, "--preset", "tiny", "--random-init", "--device", "bogus"], 1,
