@@ -93,17 +93,26 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(fd)
 
 
+# File-system refusals a writer may report only in its message (safetensors: "... (os error 28)").
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
 def _write_failure(error: BaseException, folder: Path) -> str | None:
     """Why a write failed, when the file system refused it: an OSError in the exception chain (Python file
-    objects raise one), or a full file system (C++ writers such as torch.save's only say "unexpected pos").
-    None for anything else (a bug, or the writer's own check failing), which keeps its type."""
+    objects raise one), an OS error named in the message (Rust / C++ writers), or a file system left with
+    under 1 MiB (torch.save's C++ writer only says "unexpected pos"). None for anything else (a bug, or the
+    writer's own check failing), which keeps its type."""
     seen = error
     while seen is not None:
         if isinstance(seen, OSError):
             return seen.strerror or str(seen)
         seen = seen.__cause__ or seen.__context__
+    named = [os.strerror(n) for n in _WRITE_ERRNOS if os.strerror(n) in str(error)]
+    if named:
+        return named[0]
     try:
-        full = os.statvfs(folder).f_bavail == 0
+        st = os.statvfs(folder)
+        full = st.f_bavail * st.f_frsize < 2**20
     except OSError:
         full = False
     return os.strerror(errno.ENOSPC) if full else None

@@ -86,13 +86,15 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-@pytest.mark.parametrize("writer", ["python", "torch.save"])
+@pytest.mark.parametrize("writer", ["python", "torch.save", "safetensors"])
 def test_full_disk_is_one_line_naming_the_file(full_disk, writer):
     import torch
+    from safetensors.torch import save_file
 
     big = torch.zeros(100_000)  # 400 KB > 64 KiB
     write = {"python": lambda tmp: open(tmp, "wb").write(big.numpy().tobytes()),
-             "torch.save": lambda tmp: torch.save(big, tmp)}[writer]  # torch.save's C++ writer: no OSError
+             "torch.save": lambda tmp: torch.save(big, tmp),  # its C++ writer raises no OSError
+             "safetensors": lambda tmp: save_file({"w": big}, tmp)}[writer]  # names the OS error in its message
     with pytest.raises(UserError, match=r"^cannot write .*big\.bin: No space left on device$"):
         atomic_write(full_disk / "big.bin", write)
     assert os.listdir(full_disk) == []  # the partial temporary file is gone, the space is back

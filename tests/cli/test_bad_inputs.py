@@ -351,19 +351,27 @@ def test_good_input_still_works(d, tmp_path, capsys):
     assert metrics["AP50_base"] == pytest.approx(1.0)  # the one detection is the one ground-truth box
 
 
-def test_full_disk_is_one_line(d, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["detect", "train-prompt"])
+def test_full_disk_is_one_line(d, tmp_path, capsys, command):
+    """A full disk (a small tmpfs; needs root) is one line naming the file: detect's PNG, train's checkpoint."""
+    from cora.data.synthetic import write_synthetic
+
     mnt = tmp_path / "small"
     mnt.mkdir()
+    big = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)  # ~200 KB as PNG
+    Image.fromarray(big).save(tmp_path / "big.png")
+    write_synthetic(tmp_path / "data", num_images=4, size=(64, 64))
+    argv = {"detect": ["detect", str(tmp_path / "big.png"), "--vocab", "cat", "--out", str(mnt)],
+            "train-prompt": ["train-prompt", "--data", str(tmp_path / "data"), "--out", str(mnt / "run"),
+                             "--max-steps", "1", "--no-progress"]}[command]
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        big = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)  # ~200 KB as PNG
-        Image.fromarray(big).save(tmp_path / "big.png")
-        code, _, err = cli(["detect", str(tmp_path / "big.png"), "--vocab", "cat", "--out", str(mnt), *TINY], capsys)
+        code, _, err = cli([*argv, *TINY], capsys)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert code == 1 and err.count("\n") == 1, err
-    assert re.match(r"^cora detect: cannot write .*small/big\.(json|png): No space left on device$", err), err
+    assert re.match(rf"^cora {command}: cannot write .*small/\S+: No space left on device$", err), err
 
 
 def test_script_faces_are_one_line_too(d):
