@@ -41,3 +41,14 @@ def test_building_the_parser_imports_no_torch():
     code = "import sys; from cora.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_cora_runs_the_cli():
+    """`python -m cora` (cora/__main__.py) in a subprocess: help exits 0, a user error is one line and exit 1
+    (tests/cli/test_train.py also trains through it and kills it)."""
+    ok = subprocess.run([sys.executable, "-m", "cora", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "detect" in ok.stdout and "train-prompt" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "cora", "eval", "--split", "coco_ovd", "--random-init", "--gt", "x.json"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == "cora eval: unknown split 'coco_ovd'; choose from coco-ovd, lvis (did you mean 'coco-ovd'?)\n"
