@@ -26,7 +26,22 @@ $(VENV)/bin/cora: setup.py $(VENV)/.installed | ext
 	CORA_PREBUILT_EXT=1 $(PY) -m pip install --no-build-isolation --no-deps --no-index -q -e .
 	touch $@
 
-build: ext $(VENV)/bin/cora
+# Triton Inference Server for `cora serve` (cora.serve.server), pinned in requirements.txt on the line
+# "# triton-server: ...": the server wheel without its dependencies in $(TRITON)/server, and in $(TRITON)/env
+# the Python environment of its model processes: numpy 1.x (the backend stub reads numpy 1's array layout;
+# under numpy 2 its outputs come back empty) in front of this environment's packages (a site dir).
+TRITON := $(VENV)/triton
+
+$(TRITON)/.installed: requirements.txt $(VENV)/.installed
+	rm -rf $(TRITON)
+	$(PY) -m pip install -q --no-deps --target $(TRITON)/server $$(sed -n 's/^# triton-server: //p' requirements.txt | cut -d' ' -f1)
+	$$($(PY) -c 'import sys; print(sys._base_executable)') -m venv --without-pip $(TRITON)/env
+	site=$$($(TRITON)/env/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	$(PY) -m pip install -q --no-deps --target $$site $$(sed -n 's/^# triton-server: //p' requirements.txt | cut -d' ' -f2) && \
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" > $$site/cora-project.pth
+	touch $@
+
+build: ext $(VENV)/bin/cora $(TRITON)/.installed
 
 demo: build
 	$(PY) benchmarks/vocab_scaling.py

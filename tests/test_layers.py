@@ -15,9 +15,10 @@ RANKS = {
     "modeling": 2, "data": 2,
     "checkpoint": 3,
     "engine": 4, "export": 4, "runtime": 4,
-    "bench": 5,
-    "cli": 6,
-    "__main__": 7,
+    "serve": 5,
+    "bench": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
 

@@ -19,12 +19,12 @@ from cora.errors import UserError, worker_message
 def build_parser() -> argparse.ArgumentParser:
     # The command modules import only argparse and cora.cli.common at module level: building the parser
     # stays fast (no torch), and a benchmark can set its OpenMP policy before torch loads.
-    from cora.cli import bench, check, convert, data, detect, export, relabel, train
+    from cora.cli import bench, check, convert, data, detect, export, relabel, serve, train
     from cora.cli import eval as eval_command
 
     parser = argparse.ArgumentParser(prog="cora", description="CORA open-vocabulary detection toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (detect, eval_command, train, relabel, export, check, data, convert, bench):
+    for command in (detect, eval_command, train, relabel, export, serve, check, data, convert, bench):
         command.add_parser(sub)  # train adds train-prompt and train
     return parser
 

@@ -3,9 +3,11 @@
     format    --format  suffix   CPU  GPU
     ONNX      onnx      .onnx    yes  yes
     TensorRT  engine    .engine  no   yes  (exports the ONNX first unless --onnx is given)
+    Triton    triton    folder   yes  yes  (a model repository for `cora serve`: detector + text encoder)
 
     cora export --preset tiny --random-init --out tiny.onnx
     cora export --format engine --checkpoint ckpt/ --clip-weights RN50.pt --out cora.engine --fp16
+    cora export --format triton --preset tiny --random-init --out repo/
 
 The scripts export/to_onnx.py and export/to_trt.py are this command with a fixed format (`onnx_main`,
 `trt_main`). The work is cora.export (graph, onnx, tensorrt, parity, lint); this module only parses and
@@ -36,10 +38,13 @@ class ExportFormat:
 _ONNX_OPTIONS = ("out", "preset", "checkpoint", "random_init", "clip_weights", "seed", "overrides", "vocab",
                  "max_detections", "score_threshold", "image_size", "dynamic_size", "text_encoder", "no_check")
 _ENGINE_OPTIONS = ("onnx", "fp16", "vocab_profile", "image_profile", "batch_profile", "workspace")
+# The vocabulary comes with each request and the repository holds its own text encoder.
+_TRITON_OPTIONS = tuple(o for o in _ONNX_OPTIONS if o not in ("vocab", "text_encoder"))
 
 EXPORT_FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("ONNX", "onnx", ".onnx", cpu=True, gpu=True, options=_ONNX_OPTIONS),
     ExportFormat("TensorRT", "engine", ".engine", cpu=False, gpu=True, options=_ONNX_OPTIONS + _ENGINE_OPTIONS),
+    ExportFormat("Triton", "triton", "", cpu=True, gpu=True, options=_TRITON_OPTIONS),
 )
 
 
@@ -54,8 +59,8 @@ def _format(value: str) -> ExportFormat:
 
 
 def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output file: .onnx (or .engine for --format engine); written "
-                   "atomically, sidecar <out>.json")
+    p.add_argument("--out", required=True, help="output file: .onnx (or .engine for --format engine; a folder for "
+                   "--format triton); written atomically, sidecar <out>.json")
     common.add_model_arguments(p)
     p.add_argument("--vocab", default=None, help="bake this vocabulary in: comma-separated names or a .txt / COCO-LVIS "
                    ".json file (default: none, text_embeddings is a graph input)")
@@ -107,7 +112,7 @@ def check_profiles(args) -> str | None:
 def add_parser(sub) -> None:
     rows = "\n".join(f"  {f.arg:<7} {f.name:<9} {f.suffix:<8} cpu={'yes' if f.cpu else 'no'}" for f in EXPORT_FORMATS)
     p = sub.add_parser(
-        "export", help="export CORA to ONNX or a TensorRT engine",
+        "export", help="export CORA to ONNX, a TensorRT engine or a Triton model repository",
         description=f"Export formats:\n{rows}\nAn ONNX export ends in a parity check against PyTorch (--no-check "
                     "skips it); the file replaces an existing one only after it passed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -176,6 +181,25 @@ def export_onnx(args: argparse.Namespace) -> None:
           f"{sum(f.severity == 'warning' for f in findings)} warning(s)")
 
 
+def export_triton(args: argparse.Namespace) -> None:
+    """A Triton model repository at --out (cora.export.triton): the detector and text encoder exported to
+    ONNX (parity-checked unless --no-check) with the Python-backend models that serve them."""
+    from cora.checkpoint import load_model
+    from cora.export.triton import export_repository
+
+    for flag in ("vocab", "text_encoder"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')}: not for --format triton (a served model takes its "
+                            "vocabulary per request and its repository holds the text encoder)")
+    common.check_output_dir(args.out, "--out")
+    overrides = [f"inference.{k}={getattr(args, k)}" for k in ("max_detections", "score_threshold")
+                 if getattr(args, k) is not None]
+    source = common.model_source(args, overrides)
+    export_repository(load_model(**source), args.out, source=source, check=not args.no_check,
+                      image_size=tuple(args.image_size) if args.image_size else None)
+    print(f"wrote the model repository {args.out} (serve it with `cora serve {args.out}`)")
+
+
 def build_engine(args: argparse.Namespace) -> None:
     from cora.export.onnx import read_sidecar
     from cora.export.tensorrt import build_engine as build, default_image_profile, tensorrt_missing
@@ -202,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
     if misplaced:
         flags = ", ".join("--" + d.replace("_", "-") for d in misplaced)
         parser.error(f"{flags}: only for --format engine (got --format {fmt.arg})")
+    if fmt.arg == "triton":
+        export_triton(args)
+        return 0
     check_outputs(args)
     if fmt.arg == "onnx":
         export_onnx(args)
