@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Rank of each part of cora (cora.<part>...): a module may import its own part or a part of lower rank.
 RANKS = {
-    "": 0, "_C": 0, "errors": 0, "fileio": 0, "config": 0, "vocabulary": 0, "preprocess": 0,
+    "errors": -1,  # below everything: any module may raise UserError
+    "": 0, "_C": 0, "fileio": 0, "config": 0, "vocabulary": 0, "preprocess": 0,
     "io": 1, "ops": 1,
     "modeling": 2, "data": 2,
     "checkpoint": 3,
