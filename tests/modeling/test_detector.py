@@ -102,8 +102,16 @@ def test_bad_input(model):
         model.detect([torch.rand(3, 64, 64)])
     with pytest.raises(ValueError, match=r"images\[0\] must be \[3, H, W\] RGB"):
         model.detect([torch.rand(64, 64)], vocabulary=["cat"])
-    with pytest.raises(ValueError, match=r"text_embeddings must be Tensor\[K, D\] with K >= 1"):
+    with pytest.raises(ValueError, match=r"text_embeddings must be \[K, \d+\] with K >= 1, got shape \[0, 64\]"):
         model.detect([torch.rand(3, 64, 64)], text_embeddings=torch.zeros(0, 64))
+    # the runtimes' checks (cora.preprocess): the same refusals from the PyTorch model
+    t = text(2, model.backbone.embed_dim)
+    with pytest.raises(ValueError, match=r"class_prior must hold finite weights >= 0"):
+        model.detect([torch.rand(3, 64, 64)], text_embeddings=t, class_prior=torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match=r"text_embeddings must be finite: 1 of 2 rows"):
+        model.detect([torch.rand(3, 64, 64)], text_embeddings=torch.cat([t[:1], torch.full_like(t[:1], float("inf"))]))
+    with pytest.raises(ValueError, match=r"images\[0\] must be float RGB in \[0, 1\].*divide 0..255 images by 255"):
+        model.detect([torch.rand(3, 64, 64) * 255], text_embeddings=t)
     with pytest.raises(FileNotFoundError, match="not a cora checkpoint"):
         load_checkpoint("/nonexistent/ckpt")
 
