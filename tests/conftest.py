@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -8,6 +10,12 @@ TOLERANCES = {
     torch.float16: 2e-3,
     torch.bfloat16: 1e-2,
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _text_cache_dir(tmp_path_factory):
+    """Text embeddings are cached in a folder of this test session, never in the user's cache folder."""
+    os.environ["CORA_CACHE_DIR"] = str(tmp_path_factory.mktemp("cora_cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS = {
     "errors": -1,  # below everything: any module may raise UserError
     "": 0, "_C": 0, "fileio": 0, "config": 0, "vocabulary": 0, "preprocess": 0,
-    "io": 1, "ops": 1,
+    "io": 1, "ops": 1, "text_cache": 1,
     "modeling": 2, "data": 2,
     "checkpoint": 3,
     "engine": 4, "export": 4, "runtime": 4,

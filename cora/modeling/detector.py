@@ -28,6 +28,7 @@ from cora.modeling.prematch import AnchorPreMatcher
 from cora.modeling.region_classifier import RegionClassifier
 from cora.modeling.text import TextEmbedder
 from cora.preprocess import check_class_prior, check_text_embeddings, letterbox, to_original
+from cora.text_cache import TextCache
 from cora.vocabulary import load_vocabulary
 
 class CORA(nn.Module):
@@ -56,18 +57,19 @@ class CORA(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CORAConfig, clip_weights: str | None = None, random_init: bool = False,
-                    text_cache_dir: str | None = None) -> "CORA":
+                    text_cache: TextCache | None | bool = True) -> "CORA":
         """CLIP weights: `clip_weights` (a local file), else the config's open_clip tag, else (with
-        `random_init`) random. Learned CORA weights are loaded separately (cora.checkpoint)."""
+        `random_init`) random. Learned CORA weights are loaded separately (cora.checkpoint).
+        Text embeddings are cached in `text_cache`; True: the user's cache (`TextCache.default()`)."""
         from cora.vocabulary import tokenizer
 
         pretrained = None if (random_init or clip_weights) else cfg.backbone.pretrained
         backbone, clip_model = build_backbone(cfg.backbone.clip_model, pretrained=pretrained, weights_path=clip_weights)
         model_key = f"{cfg.backbone.clip_model}/{clip_weights or pretrained or 'random'}"
-        if cfg.text_context_length != 77:  # part of the text cache's key
-            model_key += f"/ctx{cfg.text_context_length}"
+        if text_cache is True:
+            text_cache = TextCache.default()
         embedder = TextEmbedder(clip_model, tokenizer(cfg.text_context_length), model_key,
-                                cache_dir=None if random_init else text_cache_dir)
+                                cache=text_cache or None, context_length=cfg.text_context_length)
         return cls(cfg, backbone, clip_model, embedder)
 
     def learned_state_dict(self) -> dict[str, Tensor]:

@@ -2,13 +2,15 @@
 
 import logging
 import os
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from cora.errors import UserError
 from cora.modeling.backbone import build_clip
-from cora.modeling.text import TextEmbedder
+from cora.modeling.text import TextEmbedder, encode_text
+from cora.text_cache import TextCache
 from cora.vocabulary import IMAGENET_TEMPLATES, tokenizer as cora_tokenizer
 
 SHORT_TEMPLATES = ("a photo of a {}.", "a drawing of the {}.", "{}")
@@ -41,10 +43,6 @@ def reference(clip, tokenizer, names, templates):
     return torch.stack(rows)
 
 
-def fail(*args, **kwargs):
-    raise AssertionError("encode_text called: the cache was missed")
-
-
 # ---- embeddings ----
 
 
@@ -64,6 +62,24 @@ def test_embeddings_equal_loop_80_templates(clip, tokenizer):
     torch.testing.assert_close(out, reference(clip, tokenizer, names, IMAGENET_TEMPLATES), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("context_length", [77, 15])
+def test_encode_text_on_the_first_positions_equals_open_clip(clip, context_length):
+    """encode_text runs up to the last end-of-text token only: the same embeddings as open_clip's 77 positions,
+    for short batches, batches with a prompt cut at the context length, and mixed lengths."""
+    tok = cora_tokenizer(context_length)
+    batches = [["a photo of a cat.", "dog"], ["a photo of a cat.", "a long name " * 40], ["x"]]
+    with torch.no_grad():
+        for texts in batches:
+            tokens = tok(texts)
+            torch.testing.assert_close(encode_text(clip, tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
+        # negative control: one position fewer drops the end-of-text token of the longest prompt
+        tokens = tok(["a photo of a cat.", "dog"])
+        short = tokens.clone()
+        last = int(tokens.argmax(-1).max())
+        short[:, last:] = 0
+        assert not torch.allclose(encode_text(clip, short)[0], clip.encode_text(tokens)[0], atol=1e-3)
+
+
 def test_training_mode_restored(clip, tokenizer):
     clip.train()
     try:
@@ -73,45 +89,111 @@ def test_training_mode_restored(clip, tokenizer):
         clip.eval()
 
 
-def test_cache_hit_and_keys(clip, tokenizer, tmp_path, monkeypatch):
-    names = ["cat", "dog"]
-    embed = TextEmbedder(clip, tokenizer, "tiny/random", cache_dir=str(tmp_path / "cache"), templates=SHORT_TEMPLATES)
-    first = embed(names)
-    path = embed.cache_path(names)
-    assert os.path.isfile(path) and os.listdir(tmp_path / "cache") == [os.path.basename(path)]  # no temp file left
+class Counting:
+    """The CLIP model with a count of the prompts it encodes."""
 
-    monkeypatch.setattr(clip, "encode_text", fail)
-    torch.testing.assert_close(embed(names), first, rtol=0, atol=0)
-    again = TextEmbedder(clip, tokenizer, "tiny/random", cache_dir=str(tmp_path / "cache"), templates=SHORT_TEMPLATES)
-    torch.testing.assert_close(again(names), first, rtol=0, atol=0)  # a fresh instance (another process) hits too
+    def __init__(self, clip):
+        self.clip, self.prompts = clip, 0
 
+    def __getattr__(self, name):
+        return getattr(self.clip, name)
+
+    def encode_text(self, tokens):
+        self.prompts += len(tokens)
+        return self.clip.encode_text(tokens)
+
+
+def embedder(clip, tokenizer, cache, key="tiny/random", **kwargs):
+    return TextEmbedder(clip, tokenizer, key, cache=cache, templates=kwargs.pop("templates", SHORT_TEMPLATES),
+                        **kwargs)
+
+
+def test_cache_hits_name_by_name(clip, tokenizer, tmp_path):
+    cache = TextCache(str(tmp_path / "cache" / "text.sqlite3"))
+    counting = Counting(clip)
+    first = embedder(counting, tokenizer, cache)(["cat", "dog"])
+    assert counting.prompts == 2 * len(SHORT_TEMPLATES)
+    torch.testing.assert_close(first, reference(clip, tokenizer, ["cat", "dog"], SHORT_TEMPLATES), rtol=1e-5, atol=1e-6)
+
+    # a fresh embedder (another process) with the same weights: "dog" and "cat" are hits, only "cow" is encoded
+    again = embedder(counting, tokenizer, cache)(["dog", "cow", "cat"])
+    assert counting.prompts == 3 * len(SHORT_TEMPLATES)
+    torch.testing.assert_close(again[[2, 0]], first, rtol=0, atol=0)  # rows follow the given order
+    torch.testing.assert_close(again[1], reference(clip, tokenizer, ["cow"], SHORT_TEMPLATES)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_key_holds_weights_templates_context_length_and_model_key(clip, tokenizer, tmp_path):
+    cache = TextCache(str(tmp_path / "text.sqlite3"))
+    counting = Counting(clip)
+    embedder(counting, tokenizer, cache)(["cat"])
+    torch.manual_seed(1)
+    other_weights = build_clip("tiny")  # the same architecture and model_key, other random weights
     misses = [
-        (embed, ["dog", "cat"]),  # order is the class index
-        (embed, ["cat", "dog", "cow"]),
-        (TextEmbedder(clip, tokenizer, "tiny/other", cache_dir=str(tmp_path / "cache"), templates=SHORT_TEMPLATES),
-         names),
-        (TextEmbedder(clip, tokenizer, "tiny/random", cache_dir=str(tmp_path / "cache"),
-                      templates=SHORT_TEMPLATES[:2]), names),
+        embedder(other_weights, tokenizer, cache),
+        embedder(counting, tokenizer, cache, templates=SHORT_TEMPLATES[:2]),
+        embedder(counting, cora_tokenizer(15), cache, context_length=15),
+        embedder(counting, tokenizer, cache, key="tiny/other"),
     ]
-    for embedder, vocab in misses:
-        assert embedder.cache_path(vocab) != path
-        with pytest.raises(AssertionError, match="cache was missed"):
-            embedder(vocab)
+    namespaces = {e.cache_namespace() for e in misses} | {embedder(counting, tokenizer, cache).cache_namespace()}
+    assert len(namespaces) == 5
+    for e in misses[1:]:
+        before = counting.prompts
+        e(["cat"])
+        assert counting.prompts > before  # a miss: encoded again
+    before = counting.prompts
+    embedder(counting, tokenizer, cache)(["cat"])
+    assert counting.prompts == before  # negative control: the original key still hits
 
 
-def test_cache_recomputes_corrupt_file(clip, tokenizer, tmp_path):
-    embed = TextEmbedder(clip, tokenizer, "tiny/random", cache_dir=str(tmp_path), templates=SHORT_TEMPLATES)
-    want = embed(["cat"])
-    Path(embed.cache_path(["cat"])).write_bytes(b"truncated")
-    torch.testing.assert_close(embed(["cat"]), want, rtol=0, atol=0)
-    torch.testing.assert_close(embed(["cat"]), want, rtol=0, atol=0)  # rewritten, readable again
+def test_cache_is_bounded_least_recently_used_first(tmp_path):
+    cache = TextCache(str(tmp_path / "text.sqlite3"), max_bytes=10 * 64 * 4)  # ten 64-d embeddings
+    vectors = {f"n{i}": np.full(64, i, dtype=np.float32) for i in range(10)}
+    cache.put("ns", vectors)
+    assert cache.total_bytes() == 10 * 64 * 4
+    assert set(cache.get("ns", ["n0", "n1"])) == {"n0", "n1"}  # used: now the most recent
+    cache.put("ns", {"new": np.zeros(64, dtype=np.float32)})  # over the bound: down to 90% = 9 entries
+    assert cache.total_bytes() <= 9 * 64 * 4
+    left = cache.get("ns", list(vectors) + ["new"])
+    assert {"n0", "n1", "new"} <= set(left) and "n2" not in left and "n3" not in left
+    np.testing.assert_array_equal(left["n5"], vectors["n5"])
+    assert cache.get("other namespace", ["n5"]) == {}
 
 
-def test_no_cache_dir_writes_nothing(clip, tokenizer, tmp_path, monkeypatch):
+def test_corrupt_or_unwritable_cache_computes_with_a_warning(clip, tokenizer, tmp_path, caplog):
+    path = tmp_path / "text.sqlite3"
+    path.write_bytes(b"not a database, truncated")
+    want = reference(clip, tokenizer, ["cat"], SHORT_TEMPLATES)
+    with caplog.at_level(logging.WARNING, logger="cora.text_cache"):
+        got = embedder(clip, tokenizer, TextCache(str(path)))(["cat"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert "text embedding cache" in caplog.text and "not used" in caplog.text
+    assert path.read_bytes() == b"not a database, truncated"  # left alone
+
+
+def test_default_cache_location_and_switch(monkeypatch, tmp_path):
+    monkeypatch.delenv("CORA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CORA_TEXT_CACHE_MB", raising=False)
+    cache = TextCache.default()
+    assert cache.path == str(tmp_path / "xdg" / "cora" / "text_embeddings.sqlite3")
+    assert cache.max_bytes == 256 << 20
+    monkeypatch.setenv("CORA_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("CORA_TEXT_CACHE_MB", "1.5")
+    cache = TextCache.default()
+    assert cache.path == str(tmp_path / "mine" / "text_embeddings.sqlite3") and cache.max_bytes == 3 << 19
+    monkeypatch.setenv("CORA_TEXT_CACHE_MB", "0")
+    assert TextCache.default() is None
+    for bad in ("-1", "nan", "lots"):
+        monkeypatch.setenv("CORA_TEXT_CACHE_MB", bad)
+        with pytest.raises(UserError, match=f"CORA_TEXT_CACHE_MB must be a number of megabytes >= 0 .*got '{bad}'"):
+            TextCache.default()
+
+
+def test_no_cache_writes_nothing(clip, tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    embed = TextEmbedder(clip, tokenizer, "tiny/random", templates=SHORT_TEMPLATES)
-    embed(["cat"])
-    assert embed.cache_path(["cat"]) is None and os.listdir(tmp_path) == []
+    monkeypatch.setenv("CORA_CACHE_DIR", str(tmp_path))
+    embedder(clip, tokenizer, None)(["cat"])
+    assert os.listdir(tmp_path) == []
 
 
 def test_embedder_argument_errors(clip, tokenizer):
@@ -125,6 +207,8 @@ def test_embedder_argument_errors(clip, tokenizer):
         TextEmbedder(clip, tokenizer, "k", batch_size=0)
     with pytest.raises(TypeError, match="clip_model must have an encode_text"):
         TextEmbedder(object(), tokenizer, "k")
+    with pytest.raises(TypeError, match="cache must be a cora.text_cache.TextCache or None, got str"):
+        TextEmbedder(clip, tokenizer, "k", cache="~/.cache")
     embed = TextEmbedder(clip, tokenizer, "k", templates=SHORT_TEMPLATES)
     with pytest.raises(ValueError, match="names gives an empty vocabulary"):
         embed([])
