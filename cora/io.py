@@ -74,11 +74,11 @@ def detection_outputs(out_dir: str | Path, image_paths, inputs=()) -> list[tuple
     stems = [Path(out_dir) / folder / (p.stem if shared[folder, p.stem] == 1 else f"{p.stem}_{p.suffix[1:]}")
              for folder, p in zip(folders, images)]
     outputs = [(Path(f"{stem}.json"), Path(f"{stem}.png")) for stem in stems]
-    written = [Path(os.path.abspath(o)) for pair in outputs for o in pair]
-    if len(set(written)) != len(written):  # x_png.png beside x.png + x.jpg: refuse rather than overwrite
+    written = [Path(os.path.realpath(o)) for pair in outputs for o in pair]
+    if len(set(written)) != len(written):  # x.png + x.jpg + x_png.gif would all write x_png.*: refuse
         clash = next(o for o, n in Counter(written).items() if n > 1)
         raise UserError(f"two images would both write {clash}; rename one of them")
-    protected = {*images, *(Path(os.path.abspath(p)) for p in inputs)}
+    protected = {Path(os.path.realpath(p)) for p in (*images, *inputs)}  # links resolved
     for o in written:
         if o in protected:
             raise UserError(f"output {o} would replace an input file; choose another output folder (--out)")

@@ -30,8 +30,8 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
     """An argparse `type`: a finite int or float in [low, high] (`low_open` / `high_open`: that end excluded).
     NaN, +-inf and values out of range are usage errors naming the flag (argparse: exit 2). --config values go
     through the same function (load_config_file)."""
-    bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
-              f"{'<' if high_open else '<='} {high:g}" if high is not None else ""]
+    bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "",
+              f"{'<' if high_open else '<='} {high}" if high is not None else ""]
     expected = f"{'an integer' if kind is int else 'a finite number'} {' and '.join(b for b in bounds if b)}".strip()
 
     def inside(value) -> bool:
@@ -57,7 +57,7 @@ POSITIVE = number(float, 0, low_open=True)
 NON_NEGATIVE = number(float, 0)
 PROBABILITY = number(float, 0, 1)          # a score threshold, a probability
 FRACTION = number(float, 0, 1, high_open=True)  # a share that cannot be all: dropout, EMA decay
-SEED = number(int, 0, 2**63 - 1)           # torch.manual_seed's range, less the negative half
+SEED = number(int, 0, 2**32 - 1)           # a 32-bit seed, as numpy.random.seed takes
 
 
 def check_output_file(path: str | None, flag: str) -> None:

@@ -56,6 +56,7 @@ def d(tmp_path_factory) -> Path:
     for name in ("img.png", "a/x.png", "b/x.png", "same/x.png", "same/x.jpg", "out_in/photo.png"):
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / name)
+    (d / "link_to_out_in").symlink_to(d / "out_in")
     (d / "bomb.png").write_bytes(png_bomb(40_000, 40_000))  # 1.6 G pixels in 70 bytes
     full = (d / "img.png").read_bytes()
     (d / "truncated.png").write_bytes(full[: len(full) // 2])
@@ -137,6 +138,8 @@ REFUSED = [
     # Data lost: an output never replaces an input
     ("detect-out-replaces-input", ["detect", "{d}/out_in/photo.png", "--vocab", "cat", "--out", "{d}/out_in", *TINY],
      1, r"^cora detect: output .*out_in/photo\.png would replace an input file"),
+    ("detect-out-through-a-link", ["detect", "{d}/out_in/photo.png", "--vocab", "cat", "--out", "{d}/link_to_out_in",
+                                   *TINY], 1, r"would replace an input file"),
     ("detect-out-replaces-vocab-file", ["detect", "{d}/img.png", "--vocab-file", "{d}/names.txt",
                                         "--out", "{d}", *TINY], 1, r"would replace an input file"),
     ("detect-image-twice", ["detect", "{d}/img.png", "{d}/img.png", "--vocab", "cat", *TINY], 1, r"given twice"),
