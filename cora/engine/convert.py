@@ -68,12 +68,14 @@ def load_prompt_file(path: str | Path) -> Tensor:
 def convert_to_checkpoint(localizer_path, prompt_path, cfg, out_dir, use_ema: bool = True) -> list[str]:
     """Official files -> our checkpoint folder (model.safetensors + config.json); returns unused keys.
 
-    Raises ValueError naming the missing keys if the release does not fill the model of `cfg`.
+    Raises ValueError naming the missing keys if the release does not fill the model of `cfg`, or the first
+    weight with a NaN / infinite value.
     """
-    from cora.checkpoint import load_into, save_checkpoint
+    from cora.checkpoint import check_finite, load_into, save_checkpoint
     from cora.modeling.detector import CORA
 
     state, unused = convert_official(localizer_path, prompt_path, use_ema)
+    check_finite(state, f"{localizer_path} / {prompt_path}")
     model = CORA.from_config(cfg, random_init=True)  # CLIP weights are not part of our checkpoint
     model.region_classifier.load_prompt(state.pop("region_prompt"))
     learned = model.learned_state_dict()

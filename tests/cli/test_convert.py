@@ -71,3 +71,16 @@ def test_refuses_arbitrary_pickles(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "unpickled!" not in captured.out
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_nan_weights_are_refused_and_nothing_is_written(release, tmp_path, capsys):
+    _, path = release
+    loc = torch.load(path / "loc.pth", weights_only=False)
+    key = next(k for k in loc["model_ema"] if k.startswith("transformer.encoder."))
+    loc["model_ema"][key] = torch.full_like(loc["model_ema"][key], float("nan"))
+    torch.save(loc, tmp_path / "nan.pth")
+    code = main(["convert", "--localizer", str(tmp_path / "nan.pth"), "--prompt", str(path / "prompt.pth"),
+                 "--preset", "tiny", "--out", str(tmp_path / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "holds NaN or infinite values" in err, err
+    assert not (tmp_path / "ckpt").exists()
