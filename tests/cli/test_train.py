@@ -84,6 +84,7 @@ def test_the_same_command_gives_the_same_run(shapes, uninterrupted, tmp_path):
     assert losses(tmp_path / "other")[0] != losses(uninterrupted)[0]  # negative control
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_the_uninterrupted_run(shapes, uninterrupted, tmp_path):
     """`python -m cora train` (a subprocess) killed with SIGKILL mid-run, then --resume: the random frozen CLIP is
     drawn again from --seed, so the weights and losses are those of the run that was never interrupted."""
