@@ -88,6 +88,27 @@ def test_vocabulary_errors(tmp_path):
 # ---- LVIS naming, prompts, ensembling ----
 
 
+def test_a_vocabulary_file_is_always_read_as_a_file(tmp_path):
+    """A Path (--vocab-file) is read as a file whatever its name: .txt / .json only, never a comma list."""
+    from pathlib import Path
+
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    assert load_vocabulary(Path(tmp_path / "names.txt")) == ["cat", "dog"]  # positive control
+    for name, message in (("names.csv", r"expected a \.txt file .* got '\.csv'"), ("names", "got no suffix"),
+                          ("folder", "is a directory")):
+        path = tmp_path / name
+        path.mkdir() if name == "folder" else path.write_text("cat,dog\n")
+        with pytest.raises(ValueError, match=message):
+            load_vocabulary(path)
+    assert load_vocabulary(str(tmp_path / "names.csv")) == [str(tmp_path / "names.csv")]  # a str: --vocab's names
+    (tmp_path / "bad.json").write_text(json.dumps({"categories": [{"id": 1, "name": ["cat"]}]}))
+    with pytest.raises(ValueError, match="'name': <string>"):
+        load_vocabulary(tmp_path / "bad.json")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        load_vocabulary(tmp_path / "latin1.txt")
+
+
 def test_category_name():
     assert category_name({"id": 1, "name": "traffic_light", "synset": "traffic_light.n.01"}) == "traffic light"
     assert category_name({"id": 1, "name": "hair_drier"}) == "hair_drier"  # COCO names are kept as they are
