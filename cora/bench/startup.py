@@ -21,7 +21,18 @@ import sys
 import tempfile
 import time
 
-from cora.bench.common import default_out_dir, format_table, machine_info, percentile, write_json
+# As cora.bench.vocab_scaling (whose comment has the measurements): libgomp's long default spin makes torch's
+# 2 threads crawl when other processes share the 2 cores (100 names: 14.6 s instead of 1.9 s), so a short
+# spin is set before torch loads unless the user set one; the JSON records which.
+if "torch" in sys.modules:
+    OPENMP_SETTING = "inherited (torch was imported before cora.bench.startup)"
+elif "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+    OPENMP_SETTING = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
+else:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
+    OPENMP_SETTING = "GOMP_SPINCOUNT=10000 (set by cora.bench.startup)"
+
+from cora.bench.common import default_out_dir, format_table, machine_info, percentile, write_json  # noqa: E402
 
 COMMANDS = ("", "detect", "eval", "train", "train-prompt", "relabel", "export", "serve", "check", "data", "convert",
             "bench")
@@ -101,8 +112,8 @@ def main(argv=None, out_dir: str | None = None) -> int:
     print(format_table(["command", "median s", "p90 s"],
                        [[r["command"], f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}"] for r in startup]))
     # The load average says how much of the machine other work took (shared development machines).
-    result = {"machine": {**machine_info("cpu"), "load_average_1_5_15": os.getloadavg()}, "cli": cli_command()[0],
-              "startup": startup}
+    result = {"machine": {**machine_info("cpu"), "load_average_1_5_15": os.getloadavg(), "openmp": OPENMP_SETTING},
+              "cli": cli_command()[0], "startup": startup}
     if not args.skip_text:
         text = time_text(args.preset, args.names, args.repeat)
         print()
@@ -111,7 +122,7 @@ def main(argv=None, out_dir: str | None = None) -> int:
                              f"{text['warm_median_s']:.3f}", f"{text['warm_p90_s']:.3f}"]]))
         result["text"] = text
     result["load_average_after"] = os.getloadavg()
-    print(f"load average before / after: {result['machine']['load_average_1_5_15'][0]:.1f} / "
+    print(f"OpenMP: {OPENMP_SETTING}; load average before / after: {result['machine']['load_average_1_5_15'][0]:.1f} / "
           f"{result['load_average_after'][0]:.1f} (cores: {os.cpu_count()})")
     write_json(args.json, result)
     print(f"\nwrote {args.json}")
