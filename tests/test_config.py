@@ -73,3 +73,14 @@ def test_config_json_values_are_checked_too():
         config_from_dict(data)
     with pytest.raises(ValueError, match="config file must be a JSON object of keys, got list"):
         config_from_dict([data])
+
+
+def test_config_json_missing_keys_take_the_defaults():
+    """Deliberate: a config.json written before a key existed (e.g. text_context_length) still loads, with the
+    key's default; a checkpoint whose architecture then differs is refused by its weights' shapes
+    (cora.checkpoint.load_into)."""
+    data = config_to_dict(get_preset("tiny"))
+    del data["text_context_length"], data["inference"]["pre_nms_topk"]
+    cfg = config_from_dict(data)
+    assert cfg.text_context_length == 77 and cfg.inference.pre_nms_topk == 3000
+    assert cfg == get_preset("tiny")
