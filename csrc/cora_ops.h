@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace cora {
 
@@ -27,5 +28,11 @@ at::Tensor prompted_attn_pool(
 // then row; each problem solved as scipy.optimize.linear_sum_assignment (+inf: forbidden pair).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment(
     const at::Tensor& costs, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& offsets);
+
+// torch.ops.cora.linear_sum_assignment: P matrices [R_p, C_p], all on one device (at least one, for the
+// dispatcher) -> (row_ind, col_ind), P int64 tensors each, as scipy.optimize.linear_sum_assignment
+// per matrix (+inf, or -inf with maximize: forbidden pair).
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignment(at::TensorList costs,
+                                                                                    bool maximize = false);
 
 }  // namespace cora

@@ -42,6 +42,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment(
   return op.call(costs, rows, cols, offsets);
 }
 
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignment(at::TensorList costs,
+                                                                                    bool maximize) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cora::linear_sum_assignment", "")
+                       .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>>(at::TensorList, bool)>();
+  return op.call(costs, maximize);
+}
+
 }  // namespace cora
 
 TORCH_LIBRARY(cora, m) {
@@ -66,4 +74,6 @@ TORCH_LIBRARY(cora, m) {
   m.def(
       "batched_linear_assignment(Tensor costs, Tensor rows, Tensor cols, Tensor offsets) "
       "-> (Tensor row_idx, Tensor col_idx, Tensor problem_idx)");
+  // scipy's linear_sum_assignment for a list of matrices: per-matrix (row_ind, col_ind).
+  m.def("linear_sum_assignment(Tensor[] costs, bool maximize=False) -> (Tensor[] row_ind, Tensor[] col_ind)");
 }

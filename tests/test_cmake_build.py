@@ -46,9 +46,9 @@ def build_dir(tmp_path_factory):
 
 
 def test_ctest_passes(build_dir):
-    # -V: also the executable's own output, e.g. "test_roi_align: all 62 checks passed".
+    # -V: also the executables' own output, e.g. "test_roi_align: all 62 checks passed".
     out = run([CTEST, "-V", "--output-on-failure"], timeout=300, cwd=build_dir)
-    assert "test_roi_align" in out, out
+    assert "test_roi_align" in out and "test_linear_assignment" in out, out
     assert "100% tests passed" in out, out
     assert "checks passed" in out and "FAILED" not in out, out
 

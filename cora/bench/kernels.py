@@ -19,8 +19,10 @@ Shapes:
   `cora_like_batch`), float32 costs (float64 with --dtype fp64). Baselines: scipy's
   linear_sum_assignment in a loop over the same blocks, and scipy on CORA's masked full per-image
   matrices (1000 x G, a large cost on cross-class pairs). Rows: the op on the packed batch (as the
-  matcher calls it), and `linear_sum_assignment` on the list of blocks (packing and splitting
-  included). Then the same for docs/design.md's baseline shape, 2048 problems of 300 x 3.
+  matcher calls it), and `linear_sum_assignment` on the list of blocks (one call of the list op
+  `torch.ops.cora.linear_sum_assignment`). Then the same for docs/design.md's baseline shape, 2048
+  problems of 300 x 3, and for issue #17's three batches of 1057 problems (10..300 x 1..20, 1..40 x 1..5,
+  square 20..60).
   "max |diff|" is the difference in total matched cost.
 """
 
@@ -196,10 +198,22 @@ def linear_assignment_cases(device: str, dtype: torch.dtype) -> list[Case]:
 
     cost_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     blocks, full = cora_like_batch()
-    cases = _assignment_cases(blocks, full, device, cost_dtype, "B=32")
+    cases = _assignment_cases(blocks, full, device, cost_dtype, "B=32 q 10..300 x g 1..20")
     # docs/design.md's baseline shape: 2048 problems of 300 x 3.
     rng = np.random.default_rng(1)
-    cases += _assignment_cases([rng.random((300, 3)) * 10 for _ in range(2048)], None, device, cost_dtype, "300x3")
+    cases += _assignment_cases([rng.random((300, 3)) * 10 for _ in range(2048)], None, device, cost_dtype,
+                               "each 300 x 3")
+    # Issue #17's batches of 1057 problems: CORA-like sides, tiny problems (where the per-problem overhead
+    # dominates) and squares (where the solve dominates).
+    square = rng.integers(20, 61, 1057)
+    batches = {
+        "q 10..300 x g 1..20": zip(rng.integers(10, 301, 1057), rng.integers(1, 21, 1057)),
+        "1..40 x 1..5": zip(rng.integers(1, 41, 1057), rng.integers(1, 6, 1057)),
+        "square 20..60": zip(square, square),
+    }
+    for name, shapes in batches.items():
+        blocks = [rng.random((int(r), int(c))) * 10 for r, c in shapes]
+        cases += _assignment_cases(blocks, None, device, cost_dtype, name)
     return cases
 
 
@@ -220,8 +234,7 @@ def _assignment_cases(blocks, full, device: str, cost_dtype: torch.dtype, name: 
     offsets = sizes.cumsum(0) - sizes
     flat = torch.from_numpy(np.concatenate([b.ravel() for b in blocks])).to(device)
     block_tensors = [torch.from_numpy(b).to(device) for b in blocks]
-    dims = "q 10..300 x g 1..20" if full is not None else "each 300 x 3"
-    shape = f"{name} P={len(blocks)} {dims} ({int(sizes.sum())} costs, {str(cost_dtype).replace('torch.', '')})"
+    shape = f"{name} P={len(blocks)} ({int(sizes.sum())} costs, {str(cost_dtype).replace('torch.', '')})"
 
     def scipy_blocks():
         if device == "cpu":

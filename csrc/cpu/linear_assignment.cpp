@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -165,15 +166,11 @@ struct WorkQueue {
   std::atomic<bool> failed{false};  // a thread could not allocate its scratch
 };
 
+// Problem p is the r[p] x c[p] row-major matrix at data[p].
 template <typename scalar_t>
-void solve_all_kernel_impl(const at::Tensor& costs, const at::Tensor& rows, const at::Tensor& cols,
-                           const at::Tensor& offsets, const AssignmentPlan& plan, int64_t* row, int64_t* col,
-                           int64_t* prob, int8_t* status) {
-  const scalar_t* data = costs.const_data_ptr<scalar_t>();
-  const int64_t* r = rows.const_data_ptr<int64_t>();
-  const int64_t* c = cols.const_data_ptr<int64_t>();
-  const int64_t* o = offsets.const_data_ptr<int64_t>();
-  const int64_t num = rows.numel();
+void solve_all_kernel_impl(const scalar_t* const* data, const int64_t* r, const int64_t* c, const AssignmentPlan& plan,
+                           int64_t* row, int64_t* col, int64_t* prob, int8_t* status) {
+  const int64_t num = static_cast<int64_t>(plan.slot_offset.size()) - 1;
   const AssignmentPlan* layout = &plan;
   auto queue = std::make_shared<WorkQueue>();
 
@@ -193,7 +190,7 @@ void solve_all_kernel_impl(const at::Tensor& costs, const at::Tensor& rows, cons
         w.row_min = row_min.data();
         w.row_arg = row_arg.data();
         const int64_t s = layout->slot_offset[p];
-        status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data + o[p], r[p], c[p], w, p, row + s,
+        status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data[p], r[p], c[p], w, p, row + s,
                                               col + s, prob + s, row_minima);
       }
     } catch (...) {  // no exception may escape a helper; the caller raises instead
@@ -214,6 +211,19 @@ void solve_all_kernel_impl(const at::Tensor& costs, const at::Tensor& rows, cons
   TORCH_CHECK(!queue->failed.load(), "batched_linear_assignment: could not allocate the CPU solver's scratch");
 }
 
+// Solves the problems at `data` (one address per problem, pointing at `dtype` values) into
+// slot-layout outputs; returns each problem's status.
+std::vector<int8_t> solve_all(at::ScalarType dtype, const std::vector<const void*>& data, const int64_t* r,
+                              const int64_t* c, const AssignmentPlan& plan, int64_t* row, int64_t* col,
+                              int64_t* prob) {
+  std::vector<int8_t> status(data.size(), lsa_detail::kSolved);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "batched_linear_assignment_cpu", [&] {
+    solve_all_kernel_impl<scalar_t>(reinterpret_cast<const scalar_t* const*>(data.data()), r, c, plan, row, col,
+                                    prob, status.data());
+  });
+  return status;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
     const at::Tensor& costs, const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& offsets) {
   check_linear_assignment_tensors(costs, rows, cols, offsets);
@@ -225,22 +235,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
   if (slots == 0) return {row, col, prob};
 
   const at::Tensor x = costs.contiguous();
-  std::vector<int8_t> status(num, lsa_detail::kSolved);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batched_linear_assignment_cpu", [&] {
-    solve_all_kernel_impl<scalar_t>(x, r, c, o, plan, row.mutable_data_ptr<int64_t>(),
-                                    col.mutable_data_ptr<int64_t>(), prob.mutable_data_ptr<int64_t>(),
-                                    status.data());
-  });
+  const char* base = static_cast<const char*>(x.const_data_ptr());
+  const int64_t* op = o.const_data_ptr<int64_t>();
+  std::vector<const void*> data(num);
+  for (int64_t p = 0; p < num; ++p) data[p] = base + op[p] * x.element_size();
+  const std::vector<int8_t> status =
+      solve_all(x.scalar_type(), data, r.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>(), plan,
+                row.mutable_data_ptr<int64_t>(), col.mutable_data_ptr<int64_t>(), prob.mutable_data_ptr<int64_t>());
   check_linear_assignment_status(status.data(), num);
   if (std::find(status.begin(), status.end(), lsa_detail::kDropped) == status.end()) return {row, col, prob};
   const at::Tensor keep = col.ge(0).nonzero().squeeze(1);
   return {row.index_select(0, keep), col.index_select(0, keep), prob.index_select(0, keep)};
 }
 
+// The list face: every per-matrix step (checks, conversion, result tensors) is a C++ loop. Matrices
+// already contiguous in the solver's dtype are read in place; with maximize, all are negated into one
+// buffer (the solver minimises).
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignment_cpu(at::TensorList costs,
+                                                                                        bool maximize) {
+  const ListProblems problems = check_linear_sum_assignment(costs);
+  const int64_t num = static_cast<int64_t>(costs.size()), slots = problems.plan.slot_offset[num];
+  const at::ScalarType dtype = problems.dtype;
+  const std::vector<at::Tensor> matrices = solver_matrices(costs, dtype);
+  std::vector<const void*> data(num);
+  for (int64_t p = 0; p < num; ++p) data[p] = matrices[p].const_data_ptr();
+  at::Tensor negated;
+  if (maximize) {
+    int64_t total = 0;
+    for (const at::Tensor& m : matrices) total += m.numel();
+    negated = at::empty({total}, at::TensorOptions(dtype));
+    AT_DISPATCH_FLOATING_TYPES(dtype, "linear_sum_assignment_cpu", [&] {
+      scalar_t* out = negated.mutable_data_ptr<scalar_t>();
+      for (int64_t p = 0; p < num; ++p) {
+        const scalar_t* x = matrices[p].const_data_ptr<scalar_t>();
+        for (int64_t k = 0, n = matrices[p].numel(); k < n; ++k) out[k] = -x[k];
+        data[p] = out;
+        out += matrices[p].numel();
+      }
+    });
+  }
+
+  std::vector<int64_t> row(slots), col(slots), prob(slots);
+  const std::vector<int8_t> status = solve_all(dtype, data, problems.rows.data(), problems.cols.data(),
+                                               problems.plan, row.data(), col.data(), prob.data());
+  check_linear_sum_assignment_status(status.data(), num, maximize);
+
+  // Each problem's pairs in tensors of their own (a custom op's outputs may not alias each other),
+  // without its forbidden pairs (col < 0). empty_cpu skips the dispatcher: this loop is most of the
+  // op's time on small problems.
+  std::vector<at::Tensor> row_ind(num), col_ind(num);
+  for (int64_t p = 0; p < num; ++p) {
+    const int64_t* r = row.data() + problems.plan.slot_offset[p];
+    const int64_t* c = col.data() + problems.plan.slot_offset[p];
+    const int64_t n = problems.plan.slot_offset[p + 1] - problems.plan.slot_offset[p];
+    const int64_t kept = status[p] == lsa_detail::kDropped ? std::count_if(c, c + n, [](int64_t j) { return j >= 0; })
+                                                           : n;
+    row_ind[p] = at::detail::empty_cpu({kept}, at::kLong);
+    col_ind[p] = at::detail::empty_cpu({kept}, at::kLong);
+    int64_t* r_out = row_ind[p].mutable_data_ptr<int64_t>();
+    int64_t* c_out = col_ind[p].mutable_data_ptr<int64_t>();
+    for (int64_t k = 0; k < n; ++k) {
+      if (c[k] < 0) continue;
+      *r_out++ = r[k];
+      *c_out++ = c[k];
+    }
+  }
+  return {std::move(row_ind), std::move(col_ind)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cora, CPU, m) {
   m.impl("batched_linear_assignment", &batched_linear_assignment_cpu);
+  m.impl("linear_sum_assignment", &linear_sum_assignment_cpu);
 }
 
 }  // namespace cora

@@ -70,24 +70,53 @@ def solve_on(device, mats, dtype=torch.float64, maximize=False):
     return linear_sum_assignment([torch.as_tensor(m, dtype=dtype, device=device) for m in mats], maximize=maximize)
 
 
+def assert_same_indices(rows, cols, ref_rows, ref_cols):
+    """scipy's tie-breaking: the very same pairs, not only the same total cost."""
+    assert np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols), (
+        f"pairs {list(zip(rows.tolist(), cols.tolist()))}, scipy {list(zip(ref_rows.tolist(), ref_cols.tolist()))}"
+    )
+
+
+def optimal_assignments(matrix):
+    """How many assignments reach the minimum total cost (brute force, finite costs)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    m = m.T if m.shape[0] > m.shape[1] else m
+    perms = np.array(list(itertools.permutations(range(m.shape[1]), m.shape[0])))
+    costs = m[np.arange(m.shape[0])[None, :], perms].sum(1)
+    return int((costs == costs.min()).sum())
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("integer", [False, True], ids=["normal", "integer_ties"])
 def test_matches_scipy(device, dtype, integer):
+    """The same pairs as scipy on every problem, tied ones (integer costs in 0..3) included."""
     mats = [m.astype(np.float32 if dtype == torch.float32 else np.float64)
             for m in random_problems(2500, seed=int(integer), integer=integer)]
     results = solve_on(device, mats, dtype)
     assert len(results) == len(mats)
-    same_indices = 0
     for m, (rows, cols) in zip(mats, results):
         assert rows.device.type == device and rows.dtype == torch.int64 and cols.dtype == torch.int64
         rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
         assert_partial_permutation(rows, cols, m.shape, min(m.shape))
         ref_rows, ref_cols = scipy_lsa(m)
         assert_same_cost(total(m, rows, cols), total(m, ref_rows, ref_cols), np.abs(m).sum())
-        same_indices += np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols)
-    if not integer:  # continuous costs have a unique optimum: the same indices as scipy
-        assert same_indices == len(mats)
+        assert_same_indices(rows, cols, ref_rows, ref_cols)
+
+
+def test_integer_problems_have_ties():
+    """Negative control of the tie-breaking checks: the integer problems have several optimal
+    assignments, so a solver with another tie rule returns other (equally cheap) pairs and fails
+    `assert_same_indices`, which the total cost alone would accept."""
+    small = [m for m in random_problems(2500, seed=1, integer=True) if 0 < min(m.shape) and max(m.shape) <= 6]
+    tied = [m for m in small if optimal_assignments(m) > 1]
+    assert len(tied) >= 100, f"only {len(tied)} of {len(small)} small integer problems have tied optima"
+    m = np.zeros((3, 3))  # every assignment is optimal; scipy picks the identity
+    (rows, cols), = solve_on("cpu", [m])
+    ref_rows, ref_cols = scipy_lsa(m)
+    assert_same_indices(rows.numpy(), cols.numpy(), ref_rows, ref_cols)
+    with pytest.raises(AssertionError):  # another optimum, same cost: rejected
+        assert_same_indices(rows.numpy(), cols.numpy()[::-1].copy(), ref_rows, ref_cols)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -104,17 +133,43 @@ def test_large_problems_match_scipy(device, integer):
         ref_rows, ref_cols = scipy_lsa(m32)
         assert_partial_permutation(rows, cols, m.shape, min(m.shape))
         assert_same_cost(total(m32, rows, cols), total(m32, ref_rows, ref_cols), np.abs(m32).sum())
-        if not integer:
-            assert np.array_equal(cols, ref_cols)
+        assert_same_indices(rows, cols, ref_rows, ref_cols)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_maximize_matches_scipy(device):
     mats = random_problems(300, seed=2) + random_problems(300, seed=3, integer=True)
     for m, (rows, cols) in zip(mats, solve_on(device, mats, maximize=True)):
+        rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
         ref_rows, ref_cols = scipy_lsa(m, maximize=True)
-        assert_partial_permutation(rows.cpu(), cols.cpu(), m.shape, min(m.shape))
-        assert_same_cost(total(m, rows.cpu(), cols.cpu()), total(m, ref_rows, ref_cols), np.abs(m).sum())
+        assert_partial_permutation(rows, cols, m.shape, min(m.shape))
+        assert_same_cost(total(m, rows, cols), total(m, ref_rows, ref_cols), np.abs(m).sum())
+        assert_same_indices(rows, cols, ref_rows, ref_cols)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("maximize", [False, True])
+def test_layouts_and_dtypes(device, maximize):
+    """Matrices the op reads in place (contiguous, the solver's dtype) and ones it converts first
+    (transposed, sliced, integer, half), in one list, against scipy on the float64 values."""
+    rng = np.random.default_rng(15)
+    ints = rng.integers(0, 4, (6, 5))
+    mats = [
+        torch.tensor(rng.normal(size=(4, 6))),                                   # float64, contiguous
+        torch.tensor(rng.normal(size=(5, 3))).t(),                               # transposed
+        torch.tensor(rng.normal(size=(6, 8)))[::2, 1::2],                        # strided slice
+        torch.tensor(ints, dtype=torch.int32),                                   # integer: float64
+        torch.tensor(rng.integers(-8, 8, (3, 7)), dtype=torch.float16),          # half: exact in float64
+        torch.tensor(rng.normal(size=(2, 2)), dtype=torch.float32),              # float32 in a float64 list
+        torch.zeros(0, 4, dtype=torch.float64),
+    ]
+    results = linear_sum_assignment([m.to(device) for m in mats], maximize=maximize)
+    for m, (rows, cols) in zip(mats, results):
+        values = m.double().numpy()
+        ref_rows, ref_cols = scipy_lsa(values, maximize=maximize)
+        assert_same_indices(rows.cpu().numpy(), cols.cpu().numpy(), ref_rows, ref_cols)
+    assert [m.shape for m in mats][:3] == [(4, 6), (3, 5), (3, 4)]  # the layouts the test means
+    assert not mats[1].is_contiguous() and not mats[2].is_contiguous()
 
 
 def forbidden_problems(seed):
@@ -242,6 +297,8 @@ def test_float64_overflow_raises(device):
     m = torch.tensor([[1e308, INF], [-1e308, 1.0]], dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match="problem 0 overflows float64"):
         torch.ops.cora.batched_linear_assignment(m.reshape(-1), *(torch.tensor([v]) for v in (2, 2, 0)))
+    with pytest.raises(ValueError, match=r"costs\[1\] overflows float64"):
+        linear_sum_assignment([torch.ones(2, 2, dtype=torch.float64, device=device), m])
 
 
 def test_bad_arguments():
@@ -269,6 +326,20 @@ def test_bad_arguments():
         linear_sum_assignment([torch.zeros(2, 2, dtype=torch.bool)])
     with pytest.raises(TypeError, match=r"costs\[1\] must be a Tensor, got list"):
         linear_sum_assignment([torch.zeros(2, 2), [[1.0]]])
+    with pytest.raises(TypeError, match=r"costs must be a list of Tensor\[R, C\] \(one matrix: \[cost\]\), got a "
+                       r"Tensor of shape \[2, 2\]"):
+        linear_sum_assignment(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="costs must be a list of Tensor.*got int"):
+        linear_sum_assignment(3)
+    with pytest.raises(ValueError, match=r"all cost matrices must be on one device, got costs\[0\] on cpu and "
+                       r"costs\[1\] on meta"):
+        linear_sum_assignment([torch.zeros(2, 2), torch.zeros(2, 2, device="meta")])
+    with pytest.raises(TypeError, match=r"costs\[0\] must be a real \(float or integer\) tensor, got torch.complex64"):
+        linear_sum_assignment([torch.zeros(2, 2, dtype=torch.complex64)])
+    # maximize is read as scipy reads it (truthiness).
+    m = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    assert linear_sum_assignment([m], maximize=1)[0][1].tolist() == [0, 1]   # 1 + 5 > 2 + 3
+    assert linear_sum_assignment([m], maximize=0)[0][1].tolist() == [1, 0]
 
 
 def per_class_reference(cost, query_classes, gt_classes):
@@ -347,12 +418,27 @@ def test_torch_compile():
     assert torch.allclose(torch.compile(step)(a, b), step(a, b))
 
 
+def test_list_op_under_torch_compile():
+    """The list op itself is captured (a data-dependent number of pairs per matrix)."""
+
+    def matched(a, b):
+        row_ind, col_ind = torch.ops.cora.linear_sum_assignment([a * 2, b], False)
+        return a[row_ind[0], col_ind[0]].sum() * 2 + b[row_ind[1], col_ind[1]].sum()
+
+    a, b = torch.rand(5, 3), torch.rand(2, 4)
+    expected = sum(float(x[r, c].sum()) for x, (r, c) in zip((a * 2, b), (scipy_lsa(a * 2), scipy_lsa(b))))
+    torch._dynamo.reset()
+    assert math.isclose(float(torch.compile(matched, fullgraph=True)(a, b)), expected, rel_tol=1e-6)
+
+
 def test_opcheck():
     costs, rows, cols, offsets = pack(random_problems(12, seed=9), dtype=torch.float32)
-    torch.library.opcheck(
-        torch.ops.cora.batched_linear_assignment.default, (costs, rows, cols, offsets),
-        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
-    )
+    test_utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.cora.batched_linear_assignment.default, (costs, rows, cols, offsets),
+                          test_utils=test_utils)
+    mats = [torch.as_tensor(m, dtype=torch.float32) for m in random_problems(12, seed=9)]
+    for maximize in (False, True):
+        torch.library.opcheck(torch.ops.cora.linear_sum_assignment.default, (mats, maximize), test_utils=test_utils)
 
 
 @pytest.mark.needs_cuda
