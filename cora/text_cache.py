@@ -9,8 +9,9 @@ that a runtime without PyTorch can share it.
 
 Location: `$CORA_CACHE_DIR`, else `$XDG_CACHE_HOME/cora`, else `~/.cache/cora`; file `text_embeddings.sqlite3`.
 Bound: `$CORA_TEXT_CACHE_MB` megabytes of embeddings (default 256, about 65,000 RN50 names; 0 turns the
-cache off). The cache only ever saves work: an unreadable, locked or read-only cache logs one warning and
-the embeddings are computed as if it were empty.
+cache off). The cache only ever saves work: a locked, read-only or unreadable cache logs one warning and the
+embeddings are computed as if it were empty; a file that is not an SQLite database is renamed to
+`<file>.corrupt` and the cache starts anew.
 """
 
 from __future__ import annotations
@@ -108,12 +109,24 @@ class TextCache:
         rows = [(ns, name, blob, len(blob), now) for name, blob in blobs.items()]
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with self._transaction() as con:
-                con.executemany("INSERT OR REPLACE INTO embeddings (namespace, name, value, nbytes, last_used) "
-                                "VALUES (?, ?, ?, ?, ?)", rows)
-                self._evict(con)
+            try:
+                self._insert(rows)
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError):  # locked, read-only, disk full: not the file's fault
+                    raise
+                # Not an SQLite file (truncated, overwritten): set it aside, so that the cache works again.
+                logger.warning("text embedding cache %s is damaged (%s); renamed to %s.corrupt, starting anew",
+                               self.path, e, self.path)
+                os.replace(self.path, self.path + ".corrupt")
+                self._insert(rows)
         except (sqlite3.Error, OSError) as e:
             self._warn(e)
+
+    def _insert(self, rows: list[tuple]) -> None:
+        with self._transaction() as con:
+            con.executemany("INSERT OR REPLACE INTO embeddings (namespace, name, value, nbytes, last_used) "
+                            "VALUES (?, ?, ?, ?, ?)", rows)
+            self._evict(con)
 
     def total_bytes(self) -> int:
         """Bytes of embeddings held (0 when the file does not exist)."""

@@ -159,15 +159,31 @@ def test_cache_is_bounded_least_recently_used_first(tmp_path):
     assert cache.get("other namespace", ["n5"]) == {}
 
 
-def test_corrupt_or_unwritable_cache_computes_with_a_warning(clip, tokenizer, tmp_path, caplog):
+def test_corrupt_cache_file_is_set_aside_with_a_warning(clip, tokenizer, tmp_path, caplog):
     path = tmp_path / "text.sqlite3"
     path.write_bytes(b"not a database, truncated")
     want = reference(clip, tokenizer, ["cat"], SHORT_TEMPLATES)
+    counting = Counting(clip)
     with caplog.at_level(logging.WARNING, logger="cora.text_cache"):
-        got = embedder(clip, tokenizer, TextCache(str(path)))(["cat"])
+        got = embedder(counting, tokenizer, TextCache(str(path)))(["cat"])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert "text embedding cache" in caplog.text and "not used" in caplog.text
-    assert path.read_bytes() == b"not a database, truncated"  # left alone
+    assert "text embedding cache" in caplog.text and "not a database" in caplog.text
+    assert (tmp_path / "text.sqlite3.corrupt").read_bytes() == b"not a database, truncated"
+    before = counting.prompts
+    torch.testing.assert_close(embedder(counting, tokenizer, TextCache(str(path)))(["cat"]), got, rtol=0, atol=0)
+    assert counting.prompts == before  # the new cache file works: a hit
+
+
+def test_unwritable_cache_computes_with_one_warning(clip, tokenizer, tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    cache = TextCache(str(tmp_path / "file" / "text.sqlite3"))  # its folder is a file: nothing can be written
+    with caplog.at_level(logging.WARNING, logger="cora.text_cache"):
+        e = embedder(clip, tokenizer, cache)
+        got = [e(["cat"]), e(["cat"])]
+    want = reference(clip, tokenizer, ["cat"], SHORT_TEMPLATES)
+    for g in got:
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-6)
+    assert caplog.text.count("not used") == 1
 
 
 def test_default_cache_location_and_switch(monkeypatch, tmp_path):
