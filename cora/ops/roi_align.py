@@ -41,12 +41,12 @@ def roi_align(
     Returns:
         Tensor[K, C, PH, PW] in the dtype and memory format of `input`. Each bin is the average of
         its bilinear samples; samples more than one pixel outside the map count as 0, and a bin
-        with no samples (a zero-size or inverted box, x2 < x1 or y2 < y1, with aligned=True and adaptive
-        sampling) is 0. A box with a non-finite coordinate
-        gives zeros, and so does a finite box whose scaled coordinates or extent overflow the
-        geometry dtype (e.g. x1 = -3e38, x2 = 3e38 in float32), as an infinite one would. Every other
-        box gives torchvision's result: only the samples inside the map are visited (the others
-        count as 0), so the work per box is bounded by the map size, not the box area.
+        with no samples (a zero-size or inverted box, x2 < x1 or y2 < y1, with aligned=True and
+        adaptive sampling; torchvision may fail on the inverted one) is 0. A box with a non-finite
+        coordinate gives zeros, and so does a finite box whose scaled coordinates or extent overflow
+        the geometry dtype (e.g. x1 = -3e38, x2 = 3e38 in float32), as an infinite one would. Every
+        other box gives torchvision's result: only the samples inside the map are visited (the
+        others count as 0), so the work per box is bounded by the map size, not the box area.
         K = 0 gives an empty tensor.
 
     Half types are read and written in their dtype and accumulated in float32.
