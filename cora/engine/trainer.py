@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from cora.checkpoint import save_checkpoint
+from cora.checkpoint import load_torch_file, save_checkpoint
 from cora.data.coco import collate_fn
 from cora.data.sampling import appearance_keys, epoch_indices, repeat_factors
 from cora.engine import distributed
@@ -123,7 +123,8 @@ class SeededItems(Dataset):
     def __getitem__(self, key: int):
         """key: an appearance key (cora.data.sampling.appearance_keys); the item is key % len(dataset)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(key))
+            # modulo 2^64: torch.manual_seed's range, reached by large --seed values
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(key)) % 2**64)
             return self.dataset[int(key) % len(self.dataset)]
 
 
@@ -217,12 +218,10 @@ def last_checkpoint(out: Path) -> Path:
 
 def load_training_state(folder: Path) -> dict:
     """The training state of a checkpoint folder (tensors and plain containers only: weights_only=True)."""
-    path = folder / "training_state.pt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  a damaged file fails anywhere in the unpickler (KeyError, EOFError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable cora training state ({first})") from None
+        return load_torch_file(folder / "training_state.pt")
+    except ValueError as e:  # a damaged file or a refused pickle, named by load_torch_file
+        raise UserError(str(e)) from None
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

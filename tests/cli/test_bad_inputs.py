@@ -253,6 +253,8 @@ REFUSED = [
      r"^cora train: --out .*existing_file is an existing file"),
     ("check-lint-not-onnx", ["check", "lint", "{d}/not.onnx"], 1, r"^cora check: .*not\.onnx is not an ONNX model"),
     ("check-lint-missing", ["check", "lint", "{d}/missing.onnx"], 1, r"missing\.onnx does not exist"),
+    ("detect-garbage-onnx", [*DETECT, "--checkpoint", "{d}/not.onnx", "--device", "cpu"], 1,
+     r"^cora detect: .*not\.onnx is not an ONNX model ONNX Runtime can load"),
 ]
 
 

@@ -249,7 +249,7 @@ def test_last_checkpoint_refuses_a_link_out_and_a_bad_state(tmp_path):
     with pytest.raises(UserError, match="must name a checkpoint folder in"):
         trainer.last_checkpoint(out)
     (out / "checkpoints" / "step_00000002" / "training_state.pt").write_bytes(b"half a file")
-    with pytest.raises(UserError, match=r"training_state.pt is not a readable cora training state"):
+    with pytest.raises(UserError, match=r"training_state.pt is not a PyTorch file torch.load can read"):
         trainer.load_training_state(out / "checkpoints" / "step_00000002")
 
 
