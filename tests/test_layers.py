@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rank of each part of cora (cora.<part>...): a module may import its own part or a part of lower rank.
 RANKS = {
     "errors": -1,  # below everything: any module may raise UserError
-    "": 0, "_C": 0, "fileio": 0, "config": 0, "vocabulary": 0, "preprocess": 0,
+    "": 0, "_C": 0, "fileio": 0, "config": 0, "vocabulary": 0, "preprocess": 0, "openmp": 0,
     "io": 1, "ops": 1, "text_cache": 1,
     "modeling": 2, "data": 2,
     "checkpoint": 3,

@@ -21,16 +21,10 @@ import sys
 import tempfile
 import time
 
-# As cora.bench.vocab_scaling (whose comment has the measurements): libgomp's long default spin makes torch's
-# 2 threads crawl when other processes share the 2 cores (100 names: 14.6 s instead of 1.9 s), so a short
-# spin is set before torch loads unless the user set one; the JSON records which.
-if "torch" in sys.modules:
-    OPENMP_SETTING = "inherited (torch was imported before cora.bench.startup)"
-elif "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-    OPENMP_SETTING = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
-else:
-    os.environ["GOMP_SPINCOUNT"] = "10000"
-    OPENMP_SETTING = "GOMP_SPINCOUNT=10000 (set by cora.bench.startup)"
+# Before torch loads (cora.openmp has the measurements); the JSON records the setting.
+from cora.openmp import short_spin
+
+OPENMP_SETTING = short_spin("cora.bench.startup")
 
 from cora.bench.common import default_out_dir, format_table, machine_info, percentile, write_json  # noqa: E402
 

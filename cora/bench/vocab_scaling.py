@@ -58,19 +58,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-# libgomp reads its settings once, when torch loads it, so they are set before `import torch`; values the
-# user gives (OMP_WAIT_POLICY or GOMP_SPINCOUNT) win. With libgomp's default (spin ~300k iterations at each
-# barrier, then sleep), the shared 2-core development VM degrades badly when another process holds a core:
-# the cpu-quick CORA forward went from 1.0 s to 8.3 s. A short spin (10k) measured the same as the default
-# on a quiet machine (CORA 1.04 / 1.05 s, baseline at K=1203 1.26 / 1.27 s) and 2.4 s under that load.
-# OMP_WAIT_POLICY=PASSIVE (no spin) is robust too but slowed the baseline's many small ops 1.7x when quiet.
-if "torch" in sys.modules:
-    OPENMP_SETTING = "inherited (torch was imported before cora.bench.vocab_scaling)"
-elif "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-    OPENMP_SETTING = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
-else:
-    os.environ["GOMP_SPINCOUNT"] = "10000"
-    OPENMP_SETTING = "GOMP_SPINCOUNT=10000 (set by cora.bench.vocab_scaling)"
+# Before torch loads (cora.openmp has the measurements).
+from cora.openmp import short_spin
+
+OPENMP_SETTING = short_spin("cora.bench.vocab_scaling")
 
 import torch  # noqa: E402
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from cora.errors import UserError, worker_message
+from cora.openmp import short_spin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one `cora` command; returns its exit code (argparse exits 2 itself on a usage error)."""
+    short_spin("cora")  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
