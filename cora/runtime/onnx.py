@@ -14,6 +14,7 @@ prompts per second) and keeps the tokens identical to those the model was traine
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import torch
 
 from cora.errors import UserError
 from cora.runtime.base import ExportedDetector, read_metadata
+from cora.text_cache import TextCache, namespace
 from cora.vocabulary import IMAGENET_TEMPLATES, ensemble, prompts, tokenizer
 
 
@@ -108,11 +110,16 @@ class OnnxTextEncoder:
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
         templates: prompt templates with one "{}" (default: the export's, else OpenAI's 80 ImageNet ones).
         batch_size: prompts per run.
+        cache: True (the user's cache, `cora.text_cache.TextCache.default()`), a TextCache, or False. Keyed by
+            the file's bytes, the templates and the context length, so a re-export never reads stale rows.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 templates: Sequence[str] | None = None, batch_size: int = 256):
+                 templates: Sequence[str] | None = None, batch_size: int = 256, cache: TextCache | bool = True):
         self.session, meta = _session(path, providers, "text_encoder")
+        self.cache = TextCache.default() if cache is True else (cache or None)
+        self.path = os.fspath(path)
+        self._namespace: str | None = None
         if [i.name for i in self.session.get_inputs()] != ["tokens"]:
             raise ValueError(f"{path!r} is not a CORA text-encoder export (expected one input 'tokens')")
         if templates is None:
@@ -120,7 +127,8 @@ class OnnxTextEncoder:
         self.templates = list(templates)
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ValueError("templates must be a non-empty list of strings with one '{}' each")
-        self.tokenizer = tokenizer(int(meta.get("text_context_length", 77)))
+        self.context_length = int(meta.get("text_context_length", 77))
+        self.tokenizer = tokenizer(self.context_length)
         self.batch_size = int(batch_size)
 
     def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
@@ -134,5 +142,21 @@ class OnnxTextEncoder:
     def __call__(self, names: Sequence[str]) -> np.ndarray:
         if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
             raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
+        if self.cache is None:
+            return self._encode(list(names))
+        if self._namespace is None:
+            with open(self.path, "rb") as f:
+                digest = hashlib.file_digest(f, "blake2b").hexdigest()
+            self._namespace = namespace(model="onnx", weights=digest, templates=self.templates,
+                                        context_length=self.context_length)
+        found = self.cache.get(self._namespace, list(names))
+        missing = list(dict.fromkeys(n for n in names if n not in found))
+        if missing:
+            new = dict(zip(missing, self._encode(missing)))
+            self.cache.put(self._namespace, new)
+            found.update(new)
+        return np.stack([found[n] for n in names]).astype(np.float32)
+
+    def _encode(self, names: list[str]) -> np.ndarray:
         per_prompt = self.embed_prompts(prompts(names, self.templates))  # [K*T, D]
         return ensemble(per_prompt, len(names)).astype(np.float32)      # [K, D]

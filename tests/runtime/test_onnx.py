@@ -184,6 +184,24 @@ def test_text_encoder_matches_open_clip_and_text_embedder(exported):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
+def test_text_encoder_cache(exported, tmp_path):
+    """Names come back from the cache (the session is not run again) equal to a fresh encoding; a name not
+    yet cached is encoded alone, and the order of the request is kept."""
+    from cora.text_cache import TextCache
+
+    cache = TextCache(str(tmp_path / "cache.sqlite3"))
+    uncached = OnnxTextEncoder(exported.text_encoder, cache=False)(["cat", "dog", "traffic light"])
+    encoder = OnnxTextEncoder(exported.text_encoder, cache=cache)
+    np.testing.assert_array_equal(encoder(["cat", "dog"]), uncached[:2])
+    runs = []
+    real_run = encoder.session.run
+    encoder.session = type("Counting", (), {"run": lambda self, *a: runs.append(a[1]["tokens"].shape[0]) or real_run(*a)})()
+    np.testing.assert_array_equal(encoder(["dog", "cat"]), uncached[[1, 0]])
+    assert runs == []  # both from the cache
+    np.testing.assert_allclose(encoder(["traffic light", "cat"]), uncached[[2, 0]], atol=1e-6, rtol=0)
+    assert sum(runs) == len(encoder.templates)  # only the new name's prompts ran
+
+
 def test_baked_vocabulary_model(tmp_path_factory):
     baked = baked_vocabulary(tmp_path_factory)
     det = OnnxDetector(baked.path)
