@@ -7,7 +7,10 @@ have different valid sizes, none a multiple of 32 (as resizing gives: 800 x 1333
 the padding mask, the positional encoding and the box scale are all exercised.
 
 In float32 the comparison is index for index: both sides break score ties alike (cora.modeling.scoring), so
-every slot must hold the same label, and boxes and scores within `TOLERANCES`. Only where precision is
+every slot must hold the same label, and boxes and scores within `TOLERANCES`. The one exception is a score
+that lies on a step of the ranking key (within float noise, ON_STEP): it may be ranked on either side of the
+step, which moves a few detections by a slot and may make NMS keep the other of two overlapping boxes; such a
+window is accepted only when every difference in it is explained that way (counted in the "step" column). Only where precision is
 reduced (fp16, TensorRT: `reduced_precision=True`) may two detections of equal label and score (within
 tolerance) pair up out of order, a tie swap, and only when their boxes overlap above the NMS IoU (NMS kept
 the other of two near-equal boxes at that place); a box elsewhere never passes. All failures are collected
@@ -154,10 +157,11 @@ def compare_detections(ref: tuple, got: tuple, tolerances: dict = TOLERANCES, re
 
     ref, got: (boxes [M, 4], scores [M], labels [M]) numpy, label -1 in empty slots.
     Float32 (`reduced_precision` off): slot i of both sides must hold the same label, and boxes / scores
-    within tolerance. Reduced precision: a slot that differs may pair with a free slot of the other side
+    within tolerance, unless a score crossing a step of the ranking key explains every difference
+    (`_step_crossing`; those slots are counted in "boundary"). Reduced precision: a slot that differs may pair with a free slot of the other side
     holding the same label, a score within tolerance and a box overlapping it above `nms_iou` (a tie swap).
-    Returns {"slots" (filled on either side), "same" (paired in place), "ties", "unmatched", "box_diff",
-    "score_diff" (max over pairs)}.
+    Returns {"slots" (filled on either side), "same" (paired in place), "ties", "boundary", "unmatched",
+    "box_diff", "score_diff" (max over pairs)}.
     """
     (rb, rs, rl), (gb, gs, gl) = [tuple(np.asarray(x) for x in d) for d in (ref, got)]
     filled = (rl >= 0) | (gl >= 0)
@@ -165,7 +169,7 @@ def compare_detections(ref: tuple, got: tuple, tolerances: dict = TOLERANCES, re
         & (np.abs(rb - gb).max(-1) <= tolerances["boxes"])
     pairs = [(i, i) for i in np.flatnonzero(filled & (rl == gl))] if not reduced_precision else \
         [(i, i) for i in np.flatnonzero(in_place)]
-    ties = 0
+    ties = boundary = 0
     if reduced_precision:
         free_r = filled & ~in_place & (rl >= 0)
         free_g = filled & ~in_place & (gl >= 0)
@@ -180,11 +184,59 @@ def compare_detections(ref: tuple, got: tuple, tolerances: dict = TOLERANCES, re
                 ties += 1
         unmatched = int(free_r.sum() + free_g.sum())
     else:
-        unmatched = int((filled & (rl != gl)).sum())
+        moved = _step_crossing(rb, rs, rl, gb, gs, gl, filled & ~in_place, tolerances, nms_iou)
+        if moved is not None:  # every difference comes from a score on a step of the ranking key
+            pairs = [(i, i) for i in np.flatnonzero(in_place)] + moved
+            unmatched, boundary = 0, int((filled & ~in_place).sum())
+        else:
+            unmatched = int((filled & (rl != gl)).sum())
     box_diff = max((float(np.abs(rb[i] - gb[j]).max()) for i, j in pairs), default=0.0)
     score_diff = max((float(abs(rs[i] - gs[j])) for i, j in pairs), default=0.0)
-    return {"slots": int(filled.sum()), "same": int(in_place.sum()), "ties": ties, "unmatched": unmatched,
-            "box_diff": box_diff, "score_diff": score_diff}
+    return {"slots": int(filled.sum()), "same": int(in_place.sum()), "ties": ties, "boundary": boundary,
+            "unmatched": unmatched, "box_diff": box_diff, "score_diff": score_diff}
+
+
+# A score within this of a multiple of SCORE_STEP may fall on either side of the step in two runtimes (float32
+# noise of a score in [0, 1] is ~1e-7; 1e-6 leaves margin and marks ~3% of random scores).
+ON_STEP = 1e-6
+
+
+def _step_crossing(rb, rs, rl, gb, gs, gl, off, tolerances: dict, nms_iou: float) -> list | None:
+    """The pairs (ref slot, got slot) of the differing slots `off` when a step crossing explains them all, else
+    None. A score on a step (ON_STEP) can get different ranking keys on the two sides: that detection then
+    moves, the detections it passes shift by one slot, and NMS may keep the other of two overlapping boxes.
+    So each differing detection must be the same detection (label, box and score within tolerance) at
+    another slot, or, unpaired, be on a step or overlap (same label, IoU > nms_iou) a crossing detection.
+    Returns None when no detection crossed a step or any difference is unexplained."""
+    from cora.modeling.scoring import SCORE_STEP
+
+    if not off.any():
+        return []
+    on_step = lambda s: (s > 0) & (np.abs(s - np.round(s / SCORE_STEP) * SCORE_STEP) <= ON_STEP)  # noqa: E731
+    free_r, free_g = off & (rl >= 0), off & (gl >= 0)
+    pairs = []
+    for i in np.flatnonzero(free_r):
+        same = np.flatnonzero(free_g & (gl == rl[i]) & (np.abs(gs - rs[i]) <= tolerances["scores"])
+                              & (np.abs(gb - rb[i]).max(-1) <= tolerances["boxes"]))
+        if len(same):
+            free_r[i] = free_g[same[0]] = False
+            pairs.append((i, same[0]))
+    key = lambda s: np.floor(s / SCORE_STEP)  # noqa: E731  the ranking key (cora.modeling.scoring)
+    crossed = any(key(rs[i]) != key(gs[j]) for i, j in pairs)
+    # A detection left on one side only (NMS removed the other side's copy) is explained when its score is on
+    # a step and the other side holds, unpaired, an overlapping box of its label (the one NMS kept instead),
+    # which it explains in turn.
+    ok_r, ok_g = np.zeros_like(free_r), np.zeros_like(free_g)
+    for (b, s, lab, free, ok), (ob, olab, ofree, ook) in (((rb, rs, rl, free_r, ok_r), (gb, gl, free_g, ok_g)),
+                                                          ((gb, gs, gl, free_g, ok_g), (rb, rl, free_r, ok_r))):
+        for i in np.flatnonzero(free):
+            kept = ofree & (olab == lab[i]) & (box_iou(b[i:i + 1], ob)[0] > nms_iou)
+            if on_step(s[i]) and kept.any():
+                ok[i] = True
+                ook |= kept
+    if not (crossed or ok_r.any()) or (free_r & ~ok_r).any() or (free_g & ~ok_g).any():
+        return None
+    return pairs
 
 
 def parity_check(path, module, cases: list[ParityCase], tolerances: dict | None = None, providers=None,
@@ -212,14 +264,14 @@ def parity_check(path, module, cases: list[ParityCase], tolerances: dict | None 
         with torch.no_grad():
             ref = [t.numpy() for t in module(*feed.values())]
         got = [np.asarray(x) for x in run({k: v.numpy() for k, v in feed.items()})]
-        row = {"case": case.name, "slots": 0, "same": 0, "ties": 0, "unmatched": 0, "box_diff": 0.0,
+        row = {"case": case.name, "slots": 0, "same": 0, "ties": 0, "boundary": 0, "unmatched": 0, "box_diff": 0.0,
                "score_diff": 0.0,
                "shapes_ok": all(r.shape == g.shape for r, g in zip(ref, got)) and got[2].dtype == np.int64}
         if row["shapes_ok"]:
             for b in range(ref[0].shape[0]):
                 m = compare_detections(tuple(r[b] for r in ref), tuple(g[b] for g in got), tolerances,
                                        reduced_precision, nms_iou)
-                for key in ("slots", "same", "ties", "unmatched"):
+                for key in ("slots", "same", "ties", "boundary", "unmatched"):
                     row[key] += m[key]
                 row["box_diff"] = max(row["box_diff"], m["box_diff"])
                 row["score_diff"] = max(row["score_diff"], m["score_diff"])
@@ -247,10 +299,11 @@ def _failures(rows: list[dict], tolerances: dict) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("case", "slots", "same", "ties", "unmatched", "max|box|", "max|score|")
+    head = ("case", "slots", "same", "ties", "step", "unmatched", "max|box|", "max|score|")
     lines = [" | ".join(head)]
     for r in rows:
-        lines.append(" | ".join([r["case"], str(r["slots"]), str(r["same"]), str(r["ties"]), str(r["unmatched"]),
+        lines.append(" | ".join([r["case"], str(r["slots"]), str(r["same"]), str(r["ties"]), str(r["boundary"]),
+                                 str(r["unmatched"]),
                                  f"{r['box_diff']:.2e}", f"{r['score_diff']:.2e}"]))
     return "\n".join(lines)
 

@@ -42,6 +42,29 @@ def test_reduced_precision_pairs_a_tie_swap_only_where_the_boxes_overlap():
     assert m["unmatched"] == 2, "equal label and score but a box elsewhere is no tie"
 
 
+def crossing(g_score=101.00025, r_box=(31.8, 36.1, 91.5, 93.5)):
+    """What ONNX Runtime and PyTorch gave for a random K = 1203 case (scores in SCORE_STEPs): G's score sits on
+    the step 101, so ORT ranks it in key 101 and PyTorch in key 100; ORT's G then suppressed R (IoU 0.51)
+    in NMS while PyTorch's R suppressed its G, and X1..X3 shift by one slot."""
+    from cora.modeling.scoring import SCORE_STEP
+
+    x1, x2, x3 = (4.5, 28.3, 69.8, 83.7), (57.4, 66.8, 81.4, 128.0), (5.1, 45.2, 118.1, 127.4)
+    g = (29.3, 0.0, 84.2, 89.8)
+    ref = dets([(*x1, 101.52 * SCORE_STEP, 7), (*x2, 101.32 * SCORE_STEP, 7), (*x3, 101.37 * SCORE_STEP, 7),
+                (*r_box, 101.18 * SCORE_STEP, 7)])
+    got = dets([(*g, g_score * SCORE_STEP, 7), (*x1, 101.52 * SCORE_STEP, 7), (*x2, 101.32 * SCORE_STEP, 7),
+                (*x3, 101.37 * SCORE_STEP, 7)])
+    return ref, got
+
+
+def test_float32_accepts_a_score_crossing_a_step_and_nothing_else():
+    m = compare_detections(*crossing())
+    assert (m["same"], m["boundary"], m["unmatched"], m["box_diff"]) == (0, 4, 0, 0.0)
+    # Slot by slot again (box differences) when G is not on a step or R is far from G (NMS cannot explain it).
+    for m in (compare_detections(*crossing(g_score=101.3)), compare_detections(*crossing(r_box=(100, 100, 120, 120)))):
+        assert m["boundary"] == 0 and m["box_diff"] > 10
+
+
 def test_a_wrong_label_is_unmatched():
     m = compare_detections(dets([A]), dets([(0, 0, 10, 10, 0.5, 2)]))
     assert m["unmatched"] == 1
