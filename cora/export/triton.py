@@ -78,6 +78,7 @@ output [
 parameters [
   {{ key: "detector_file" value: {{ string_value: "{detector_file}" }} }},
   {{ key: "text_model" value: {{ string_value: "{text_model}" }} }},
+  {{ key: "cache_names" value: {{ string_value: "{cache_names}" }} }},
   {{ key: "max_image_bytes" value: {{ string_value: "{max_image_bytes}" }} }},
   {{ key: "max_image_side" value: {{ string_value: "{max_image_side}" }} }},
   {{ key: "max_classes" value: {{ string_value: "{max_classes}" }} }}
@@ -133,10 +134,11 @@ def _copy_export(src: Path, dst: Path, meta_update: dict | None = None) -> dict:
 def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_encoder: str | os.PathLike, *,
                      dynamic_batching: bool = True, max_batch_size: int = DEFAULT_MAX_BATCH,
                      queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, cache_names: int = DEFAULT_CACHE_NAMES,
-                     limits: Limits = Limits()) -> Path:
+                     limits: Limits = Limits(), text_templates: list[str] | None = None) -> Path:
     """Writes the model repository at `out` from an exported detector (.onnx, or .engine) and its text
     encoder (.onnx). The folder is built beside `out` and replaces it only when complete; an existing
-    `out` must be a repository written by this function. limits: what one request may send."""
+    `out` must be a repository written by this function. limits: what one request may send.
+    text_templates: the prompt templates of the text model (default: the text encoder export's)."""
     out, detector, text_encoder = Path(out), Path(detector), Path(text_encoder)
     if out.exists() and not (out / DETECTOR_MODEL / "config.pbtxt").is_file():
         raise UserError(f"{out} exists and is not a cora model repository: choose a new folder")
@@ -156,7 +158,10 @@ def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_e
         if meta.get("vocabulary") is not None:
             raise UserError(f"{detector} has a baked vocabulary; serving takes the vocabulary per request: "
                             "export without --vocab")
-        text_meta = _copy_export(text_encoder, tmp / TEXT_MODEL / "1" / "text.onnx")
+        if text_templates is not None and (not text_templates or any(t.count("{}") != 1 for t in text_templates)):
+            raise UserError(f"text_templates must be a non-empty list of strings with one '{{}}' each, got {text_templates!r}")
+        text_meta = _copy_export(text_encoder, tmp / TEXT_MODEL / "1" / "text.onnx",
+                                 {"templates": list(text_templates)} if text_templates is not None else None)
         embed_dim = int(meta["embed_dim"])
         if int(text_meta.get("embed_dim", -1)) != embed_dim:
             raise UserError(f"{text_encoder} gives {text_meta.get('embed_dim')}-dim embeddings, the detector "

@@ -84,24 +84,21 @@ class TritonDetector:
             raise ValueError("give exactly one of vocabulary (class names) and text_embeddings [K, D]")
         if text_embeddings is not None:
             text = check_text_embeddings(text_embeddings, self.embed_dim).detach().float().cpu().numpy()
-            vocab = {"text_embeddings": text[None]}
+            vocab, k = {"text_embeddings": text[None]}, len(text)
         else:
             names = load_vocabulary(vocabulary)
-            text = names
-            vocab = {"class_names": np.array([[n.encode() for n in names]], dtype=np.object_)}
-        prior = check_class_prior(class_prior, len(text))
-        prior = None if prior is None else prior.detach().float().cpu().numpy()[None]
+            vocab, k = {"class_names": np.array([[n.encode() for n in names]], dtype=np.object_)}, len(names)
+        prior = check_class_prior(class_prior, k)
+        if prior is not None:
+            vocab["class_prior"] = prior.detach().float().cpu().numpy()[None]
         encoded = isinstance(images, (list, tuple)) and images and all(isinstance(i, bytes) for i in images)
         tensors = [{"image": np.array([[i]], dtype=np.object_)} for i in images] if encoded else \
             [{"image_float": img.detach().float().cpu().numpy()[None]} for img in image_list(images)]
         results = []
         for t in tensors:
-            t.update(vocab)
-            if prior is not None:
-                t["class_prior"] = prior
-            out = self._infer(self.model, t, ["boxes", "scores", "labels"])
+            out = self._infer(self.model, {**t, **vocab}, ["boxes", "scores", "labels"])
             keep = out["labels"][0] >= 0
-            results.append({k: torch.from_numpy(np.ascontiguousarray(out[k][0][keep])) for k in ("boxes", "scores", "labels")})
+            results.append({n: torch.from_numpy(np.ascontiguousarray(out[n][0][keep])) for n in ("boxes", "scores", "labels")})
         return results
 
 

@@ -17,19 +17,17 @@ padded size, and each group is one `detect` call of the exported detector's runt
 TensorRTDetector for an .engine), so letterboxing, the graph and the boxes' way back to the original pixels
 are those of `cora detect`. Grouping by padded size keeps an image's detections independent of the other
 requests in its batch (a larger canvas changes the features near the image's border). Class names become embeddings in the text model (cora.serve.text_model, called
-by BLS), whose bounded cache makes a repeated vocabulary cost a look-up.
+by BLS), and both models keep the embeddings of recent names (cora.serve.backend.NameCache), so a repeated
+vocabulary costs look-ups.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from cora.errors import UserError
-from cora.export.triton import Limits
 from cora.preprocess import padded_size, resized_size
+from cora.serve.backend import NameCache, error_response, model_settings
 from cora.serve.requests import check_embeddings, check_float_image, check_names, check_prior, decode_image
 
 
@@ -40,11 +38,10 @@ class TritonPythonModel:
         from cora.runtime import load_detector
 
         self.pb = pb_utils
-        config = json.loads(args["model_config"])
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.limits = Limits.from_parameters(parameters)
+        parameters, self.limits, folder = model_settings(args)
         self.text_model = parameters["text_model"]
-        folder = Path(args["model_repository"]) / args["model_version"]
+        # Names seen recently skip the text model (no BLS round trip, no 1203 strings each way).
+        self.names = NameCache(self.encode_names, int(parameters["cache_names"]))
         self.detector = load_detector(folder / parameters["detector_file"], text_encoder=self.encode_names)
 
     def padded_size(self, image: np.ndarray) -> tuple[int, int]:
@@ -67,9 +64,9 @@ class TritonPythonModel:
         tensor = self.pb.get_input_tensor_by_name(request, name)
         return None if tensor is None else tensor.as_numpy()
 
-    def parse(self, request, vocabularies: dict) -> list[tuple]:
+    def parse(self, request) -> list[tuple]:
         """One request -> per image (float32 [3, h, w], text [K, D], prior [K], names or None); UserError for
-        bad input. `vocabularies` caches names -> embeddings within one server batch."""
+        bad input."""
         encoded, floats = self._input(request, "image"), self._input(request, "image_float")
         names, embeddings = self._input(request, "class_names"), self._input(request, "text_embeddings")
         prior = self._input(request, "class_prior")
@@ -85,10 +82,7 @@ class TritonPythonModel:
                 else check_float_image(floats[j], self.limits)
             if names is not None:
                 row_names = check_names(names[j], self.limits)
-                key = tuple(row_names)
-                if key not in vocabularies:
-                    vocabularies[key] = self.encode_names(row_names)
-                text = vocabularies[key]
+                text = self.names(row_names)
             else:
                 row_names, text = None, check_embeddings(embeddings[j], self.detector.embed_dim, self.limits)
             rows.append((image, text, check_prior(None if prior is None else prior[j], len(text)), row_names))
@@ -99,12 +93,11 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         groups: dict = {}     # (padded size, text, prior) -> [(request, row, image)]
         parsed: dict = {}     # request -> its rows
-        vocabularies: dict = {}
         for i, request in enumerate(requests):
             try:
-                parsed[i] = self.parse(request, vocabularies)
+                parsed[i] = self.parse(request)
             except UserError as e:
-                responses[i] = _error(pb, str(e))
+                responses[i] = error_response(pb, str(e))
                 continue
             for j, (image, text, prior, _) in enumerate(parsed[i]):
                 key = (self.padded_size(image), text.shape, text.tobytes(), prior.tobytes())
@@ -117,7 +110,7 @@ class TritonPythonModel:
                 results = self.detector.detect([m[2] for m in members], text_embeddings=text, class_prior=prior)
             except Exception as e:  # a bug must fail these requests, not the server
                 for i, _, _ in members:
-                    responses[i] = _error(pb, f"detection failed: {type(e).__name__}: {e}")
+                    responses[i] = error_response(pb, f"detection failed: {type(e).__name__}: {e}")
                 continue
             for (i, j, _), result in zip(members, results):
                 detections[i, j] = result
@@ -125,10 +118,6 @@ class TritonPythonModel:
             if responses[i] is None:
                 responses[i] = _response(pb, [detections[i, j] for j in range(len(rows))], [r[3] for r in rows])
         return responses
-
-
-def _error(pb, message: str):
-    return pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INVALID_ARG))
 
 
 def _response(pb, results: list[dict], names: list[list[str] | None]):

@@ -1,9 +1,9 @@
-"""cora.serve.text_model.TextCache: the bounded names -> embeddings cache of the served text model."""
+"""cora.serve.backend.NameCache: the bounded names -> embeddings cache of the served models."""
 
 import numpy as np
 import pytest
 
-from cora.serve.text_model import TextCache
+from cora.serve.backend import NameCache
 
 
 class CountingEncoder:
@@ -19,7 +19,7 @@ class CountingEncoder:
 
 def test_equals_the_encoder_and_encodes_each_name_once():
     encoder = CountingEncoder()
-    cache = TextCache(encoder, capacity=10)
+    cache = NameCache(encoder, capacity=10)
     np.testing.assert_array_equal(cache(["cat", "dog", "cat"]), encoder(["cat", "dog", "cat"]))
     encoder.calls.clear()
     np.testing.assert_array_equal(cache(["dog", "zebra", "cat"]), encoder(["dog", "zebra", "cat"]))
@@ -29,7 +29,7 @@ def test_equals_the_encoder_and_encodes_each_name_once():
 
 def test_bounded_least_recently_used():
     encoder = CountingEncoder()
-    cache = TextCache(encoder, capacity=3)
+    cache = NameCache(encoder, capacity=3)
     for i in range(20):
         cache([f"n{i}", f"m{i}"])
         assert len(cache.entries) <= 3
@@ -47,4 +47,4 @@ def test_bounded_least_recently_used():
 
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="capacity must be >= 1"):
-        TextCache(CountingEncoder(), capacity=0)
+        NameCache(CountingEncoder(), capacity=0)
