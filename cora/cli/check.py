@@ -2,6 +2,7 @@
 
     cora check parity model.onnx                    # K in 1 80 1203 4096, whole + letterboxed batches
     cora check parity model.onnx --ks 1 7 --batch 2 --sizes 128 160 96 128
+    cora check parity repo/cora/1/detector.onnx --served 127.0.0.1:8001     # and == the served model (Triton)
     cora check lint model.onnx                      # exit 1 if TensorRT would reject the file
 
 export/check.py is the same command as a script. The checks are cora.export.parity (cases, slot-by-slot
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=common.POSITIVE_INT, default=2, help="images per run (default: 2)")
     p.add_argument("--sizes", type=common.POSITIVE_INT, nargs="+", default=None, metavar="H W",
                    help="image sizes as H W pairs (default: the export's size, and a smaller one if dynamic)")
+    p.add_argument("--served", default=None, metavar="HOST:PORT",
+                   help="also compare the model served there (`cora serve`) with ONNX Runtime on the same file, "
+                        "image by image through detect() (default: no)")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                   help="the --served endpoint's protocol (default: grpc)")
     lint = sub.add_parser("lint", help="static TensorRT 10.x readiness check",
                           description="Lists the ops and attributes of an .onnx file that TensorRT's ONNX parser "
                                       "would reject (exit 1 if any).")
@@ -71,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(format_table(rows))
     print(f"parity ok ({len(rows)} cases, slot by slot; tolerances {TOLERANCES})")
+    if args.served:
+        from cora.serve.parity import served_parity
+
+        try:
+            rows = served_parity(args.onnx, args.served, cases, protocol=args.protocol)
+        except ParityError as e:
+            print(format_table(e.rows))
+            raise
+        print(format_table(rows))
+        print(f"served parity ok: {args.served} ({args.protocol}) == ONNX Runtime, image by image through detect()")
     return 0
 
 
