@@ -17,10 +17,12 @@ def run(argv):
 
 
 def test_formats_table():
-    assert [f.arg for f in EXPORT_FORMATS] == ["onnx", "engine"]
-    assert {f.suffix for f in EXPORT_FORMATS} == {".onnx", ".engine"}
-    onnx, engine = EXPORT_FORMATS
-    assert onnx.cpu and not engine.cpu and set(onnx.options) < set(engine.options)
+    assert [f.arg for f in EXPORT_FORMATS] == ["onnx", "engine", "triton"]
+    assert [f.suffix for f in EXPORT_FORMATS] == [".onnx", ".engine", ""]  # a Triton repository is a folder
+    onnx, engine, triton = EXPORT_FORMATS
+    assert onnx.cpu and not engine.cpu and triton.cpu
+    assert set(onnx.options) < set(engine.options)
+    assert set(triton.options) < set(onnx.options) and "vocab" not in triton.options  # vocabularies come per request
 
 
 def test_unknown_format_lists_choices_and_a_hint(capsys):
