@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
             while not stop.is_set():
                 if server.process.poll() is not None:
-                    raise UserError(f"tritonserver exited with code {server.process.returncode}:\n"
-                                           f"{server.log_tail()}")
+                    raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
                 stop.wait(0.5)
             print("stopping", flush=True)
     finally:

@@ -33,6 +33,10 @@ from cora.errors import UserError
 HOME_VARIABLE = "CORA_TRITON_HOME"
 
 
+# Error lines of GPU probes that fail harmlessly on a machine without a GPU.
+HARMLESS = ("CudaDriverHelper", "NVML", "DCGM")
+
+
 def triton_home() -> Path:
     return Path(os.environ.get(HOME_VARIABLE) or Path(sys.prefix) / "triton")
 
@@ -132,13 +136,15 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise UserError(f"tritonserver exited with code {self.process.returncode} while starting on "
-                                f"{self.repository}:\n{self.log_tail()}")
+                code = self.process.returncode
+                self.stop()  # model processes it may have left
+                raise UserError(f"tritonserver exited with code {code} while starting on "
+                                f"{self.repository}: {self.log_tail()}")
             if self.ready():
                 return self
             time.sleep(0.2)
         self.stop()
-        raise UserError(f"tritonserver was not ready after {self.startup_timeout:.0f} s on {self.repository}:\n"
+        raise UserError(f"tritonserver was not ready after {self.startup_timeout:.0f} s on {self.repository}: "
                         f"{self.log_tail()}")
 
     def ready(self) -> bool:
@@ -149,12 +155,14 @@ class TritonServer:
         except OSError:
             return False
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 5) -> str:
+        """The server log's error lines (glog "E..."), else its last lines; at most `lines`, joined by " | "."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        errors = [line for line in text if line.startswith("E") and not any(p in line for p in HARMLESS)]
+        return " | ".join((errors or text)[-lines:]).strip()
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the process group, SIGKILL after `timeout` s; idempotent."""

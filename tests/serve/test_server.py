@@ -3,6 +3,7 @@ tiny export, real HTTP and gRPC requests, `cora.runtime.triton.TritonDetector` a
 compared with `OnnxDetector` on the same files; bad requests; dynamic batching; no leak over a long run."""
 
 import io
+import socket
 import threading
 from pathlib import Path
 
@@ -224,6 +225,17 @@ def test_memory_stays_flat_over_changing_vocabularies(server):
     traffic(100)
     growth = rss_kib(pids) - before
     assert growth < 16 * 1024, f"grew by {growth} KiB"
+
+
+def test_a_port_in_use_is_one_line_naming_it(server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError) as error:
+            TritonServer(server.repository, http_port=port).start()
+    assert f"127.0.0.1:{port}' already in use" in str(error.value) and "\n" not in str(error.value)
+    assert "CudaDriverHelper" not in str(error.value)
 
 
 def test_a_missing_install_and_a_folder_without_models_are_one_line_errors(tmp_path, server):
