@@ -110,12 +110,15 @@ Written by `cora export --format triton`; run it with `cora serve {{this folder}
 - `{text}`: `class_names` BYTES [K] -> `text_embeddings` FP32 [K, {embed_dim}], cached ({cache_names} names).
 
 Both models run on Triton's Python backend with ONNX Runtime inside (`cora` must be installed in the
-Python environment of the backend). In the NGC container (nvcr.io/nvidia/tritonserver:<yy.mm>-py3), which
-has the native backends, the detector's graph can run without Python: add a model `cora_detector` with
-`backend: "onnxruntime"` (or `platform: "tensorrt_plan"` with a `model.plan` built by
-`cora export --format engine`), inputs `images` FP32 [-1, 3, -1, -1], `image_sizes` INT64 [-1, 2],
-`text_embeddings` FP32 [-1, {embed_dim}] and `class_prior` FP32 [-1] with `max_batch_size: 0` (K is shared
-by the batch), and let the `{detector}` model call it by BLS instead of running the graph itself.
+Python environment of the backend, e.g. `pip install` in the NGC container nvcr.io/nvidia/tritonserver:
+<yy.mm>-py3; the folder itself runs unchanged). The container's native backends can run the graph itself as
+a model of its own: `backend: "onnxruntime"` with `1/model.onnx` (this folder's `{detector}/1/detector.onnx`),
+or `platform: "tensorrt_plan"` with `1/model.plan` from `cora export --format engine`; `max_batch_size: 0`
+(K is shared by a batch), inputs `images` FP32 [-1, 3, -1, -1], `image_sizes` INT64 [-1, 2],
+`text_embeddings` FP32 [-1, {embed_dim}], `class_prior` FP32 [-1], outputs `boxes` FP32 [-1, -1, 4], `scores`
+FP32 [-1, -1], `labels` INT64 [-1, -1]. Its clients then letterbox themselves (cora.preprocess.letterbox)
+and map boxes back (cora.preprocess.to_original). That configuration has not been run: no Triton with those
+backends was available where this was written.
 """
 
 
@@ -159,7 +162,8 @@ def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_e
             raise UserError(f"{detector} has a baked vocabulary; serving takes the vocabulary per request: "
                             "export without --vocab")
         if text_templates is not None and (not text_templates or any(t.count("{}") != 1 for t in text_templates)):
-            raise UserError(f"text_templates must be a non-empty list of strings with one '{{}}' each, got {text_templates!r}")
+            raise UserError(f"text_templates must be a non-empty list of strings with one '{{}}' each, "
+                            f"got {text_templates!r}")
         text_meta = _copy_export(text_encoder, tmp / TEXT_MODEL / "1" / "text.onnx",
                                  {"templates": list(text_templates)} if text_templates is not None else None)
         embed_dim = int(meta["embed_dim"])

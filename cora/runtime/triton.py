@@ -59,7 +59,8 @@ class TritonDetector:
         c = self.client_module
         inputs = []
         for name, value in tensors.items():
-            i = c.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else np_to_triton_dtype(value.dtype))
+            dtype = "BYTES" if value.dtype == np.object_ else np_to_triton_dtype(value.dtype)
+            i = c.InferInput(name, list(value.shape), dtype)
             i.set_data_from_numpy(value)
             inputs.append(i)
         requested = [c.InferRequestedOutput(n) for n in outputs]
@@ -98,7 +99,8 @@ class TritonDetector:
         for t in tensors:
             out = self._infer(self.model, {**t, **vocab}, ["boxes", "scores", "labels"])
             keep = out["labels"][0] >= 0
-            results.append({n: torch.from_numpy(np.ascontiguousarray(out[n][0][keep])) for n in ("boxes", "scores", "labels")})
+            results.append({n: torch.from_numpy(np.ascontiguousarray(out[n][0][keep]))
+                            for n in ("boxes", "scores", "labels")})
         return results
 
 

@@ -13,11 +13,12 @@ Outputs (detections padded to the most any image of the request has, m):
     label_names      BYTES   [n, m]        the class names when sent as names, else empty
 
 One detection path: the images of a server batch are grouped by vocabulary (embeddings and prior) and
-padded size, and each group is one `detect` call of the exported detector's runtime (cora.runtime.load_detector: OnnxDetector, or
-TensorRTDetector for an .engine), so letterboxing, the graph and the boxes' way back to the original pixels
-are those of `cora detect`. Grouping by padded size keeps an image's detections independent of the other
-requests in its batch (a larger canvas changes the features near the image's border). Class names become embeddings in the text model (cora.serve.text_model, called
-by BLS), and both models keep the embeddings of recent names (cora.serve.backend.NameCache), so a repeated
+padded size, and each group is one `detect` call of the exported detector's runtime
+(cora.runtime.load_detector: OnnxDetector, or TensorRTDetector for an .engine), so letterboxing, the graph
+and the boxes' way back to the original pixels are those of `cora detect`. Grouping by padded size keeps an
+image's detections independent of the other requests in its batch (a larger canvas changes the features
+near the image's border). Class names become embeddings in the text model (cora.serve.text_model, called by
+BLS), and both models keep the embeddings of recent names (cora.serve.backend.NameCache), so a repeated
 vocabulary costs look-ups.
 """
 
@@ -47,7 +48,8 @@ class TritonPythonModel:
     def padded_size(self, image: np.ndarray) -> tuple[int, int]:
         """(H, W) of the letterboxed batch `image` would be alone in (cora.preprocess)."""
         h, w = image.shape[1:]
-        return padded_size([resized_size(h, w, self.detector.min_size, self.detector.max_size, self.detector.image_size)])
+        d = self.detector
+        return padded_size([resized_size(h, w, d.min_size, d.max_size, d.image_size)])
 
     def encode_names(self, names: list[str]) -> np.ndarray:
         """K names -> [K, D] float32 through the text model (BLS)."""

@@ -25,7 +25,8 @@ def per_image(detector, m: int) -> Callable:
     each image's valid region alone."""
     def run(images, image_sizes, text_embeddings, class_prior):
         images, sizes = torch.as_tensor(images), torch.as_tensor(image_sizes).tolist()
-        boxes, scores, labels = torch.zeros(len(sizes), m, 4), torch.zeros(len(sizes), m), torch.full((len(sizes), m), -1)
+        count = len(sizes)
+        boxes, scores, labels = torch.zeros(count, m, 4), torch.zeros(count, m), torch.full((count, m), -1)
         for b, (h, w) in enumerate(sizes):
             (r,) = detector.detect([images[b, :, :h, :w]], text_embeddings=text_embeddings, class_prior=class_prior)
             n = len(r["labels"])
