@@ -5,6 +5,7 @@
 // its CUDA kernels (CORA_WITH_CUDA) and one is visible. No test framework: prints each failed check
 // and exits non-zero if any failed. Run by ctest.
 #include "cora_ops.h"
+#include "harness.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -19,16 +20,7 @@
 
 namespace {
 
-int g_checks = 0;
-int g_failures = 0;
-
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAILED: %s\n", what.c_str());
-  }
-}
+using cora_test::check;
 
 constexpr double kInf = INFINITY;
 
@@ -152,27 +144,4 @@ void run(const at::Device& device) {
 
 }  // namespace
 
-int main() {
-  std::vector<at::Device> devices = {at::Device(at::kCPU)};
-#ifdef CORA_WITH_CUDA
-  if (at::hasCUDA()) {
-    devices.emplace_back(at::kCUDA, 0);
-  } else {
-    std::printf("test_linear_assignment: no GPU visible, CUDA kernel not tested\n");
-  }
-#endif
-  for (const auto& device : devices) {
-    try {
-      run(device);
-    } catch (const std::exception& e) {
-      ++g_failures;
-      std::printf("FAILED: %s: unexpected exception: %s\n", device.str().c_str(), e.what());
-    }
-  }
-  if (g_failures != 0) {
-    std::printf("test_linear_assignment: %d of %d checks failed\n", g_failures, g_checks);
-    return 1;
-  }
-  std::printf("test_linear_assignment: all %d checks passed\n", g_checks);
-  return 0;
-}
+int main() { return cora_test::run_on_every_device("test_linear_assignment", run); }

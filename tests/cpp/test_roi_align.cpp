@@ -23,6 +23,7 @@
 //      (1, 0): 1000 + 15 + 1.125 = 1016.125; (1, 1): 1000 + 15 + 2.375 = 1017.375  (+ 100 c).
 // (Checked against torch.ops.cora.roi_align from Python.)
 #include "cora_ops.h"
+#include "harness.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -36,16 +37,7 @@
 
 namespace {
 
-int g_checks = 0;
-int g_failures = 0;
-
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAILED: %s\n", what.c_str());
-  }
-}
+using cora_test::check;
 
 // out[k, c, ph, pw] == expected[ph][pw] + 100 c for every channel.
 void check_roi(const at::Tensor& out, int64_t k, const double (&expected)[2][2], int64_t pooled,
@@ -140,27 +132,4 @@ void run(const at::Device& device) {
 
 }  // namespace
 
-int main() {
-  std::vector<at::Device> devices = {at::Device(at::kCPU)};
-#ifdef CORA_WITH_CUDA
-  if (at::hasCUDA()) {
-    devices.emplace_back(at::kCUDA, 0);
-  } else {
-    std::printf("test_roi_align: no GPU visible, CUDA kernel not tested\n");
-  }
-#endif
-  for (const auto& device : devices) {
-    try {
-      run(device);
-    } catch (const std::exception& e) {
-      ++g_failures;
-      std::printf("FAILED: %s: unexpected exception: %s\n", device.str().c_str(), e.what());
-    }
-  }
-  if (g_failures != 0) {
-    std::printf("test_roi_align: %d of %d checks failed\n", g_failures, g_checks);
-    return 1;
-  }
-  std::printf("test_roi_align: all %d checks passed\n", g_checks);
-  return 0;
-}
+int main() { return cora_test::run_on_every_device("test_roi_align", run); }
