@@ -70,9 +70,10 @@ def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> 
 
 
 def as_tensor(x, name: str) -> Tensor:
-    """A numpy array or torch Tensor as a Tensor (numpy shares memory); anything else is refused naming `name`."""
+    """A numpy array or torch Tensor as a Tensor (numpy shares memory, a read-only array is copied: torch
+    tensors are always writable); anything else is refused naming `name`."""
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a numpy array or torch Tensor, got {type(x).__name__}")
     return x

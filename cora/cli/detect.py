@@ -3,6 +3,7 @@
     cora detect photo.jpg --vocab "cat,dog,traffic light" --checkpoint ckpt/ --out detections/
     cora detect *.jpg --vocab-file classes.txt --preset tiny --random-init      # no weights: try the pipeline
     cora detect photo.jpg --vocab cat --checkpoint cora.onnx                     # an exported model
+    cora detect photo.jpg --vocab cat --checkpoint grpc://127.0.0.1:8001         # a served one (cora serve)
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (any format PIL reads; gray, RGBA and 16-bit are converted)")
     common.add_vocabulary_arguments(p)
     common.add_model_arguments(p, checkpoint_help="a cora checkpoint folder (model.safetensors + config.json) or an "
-                               "exported .onnx / .engine; import the official release with `cora convert` "
+                               "exported .onnx / .engine, or a served model grpc://HOST:PORT / http://HOST:PORT (`cora serve`); import "
+                               "the official release with `cora convert` "
                                "(default: none)")
     p.add_argument("--out", default="detections", help="output folder: <stem>.json and <stem>.png per image; images "
                    "from several folders keep their folder relative to the images' common folder (a/x.png, b/x.png "

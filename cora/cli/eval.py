@@ -74,7 +74,8 @@ def add_parser(sub) -> None:
                    '{"base": [...], "novel": [...]} (default: the ground truth\'s info.ovd_split, '
                    "else --data/split.json, else the COCO OVD 17 novel / 48 base classes)")
     common.add_model_arguments(p, checkpoint_help="a cora checkpoint folder (model.safetensors + config.json) or an "
-                               "exported .onnx / .engine (default: none)")
+                               "exported .onnx / .engine, or a served model grpc://HOST:PORT / http://HOST:PORT (`cora serve`) "
+                               "(default: none)")
     p.add_argument("--novel-prior", type=common.NON_NEGATIVE, default=None,
                    help="class_prior of the novel (LVIS: rare) classes "
                    "in pre-matching (default: 8 with --protocol official on coco-ovd, else 1)")
@@ -181,14 +182,14 @@ def _run_model(args, gt: dict, novel, base, device: str) -> tuple[dict, dict]:
     from cora.config import config_to_dict
     from cora.engine import evaluate as ev
     from cora.engine.inference import evaluate_model
-    from cora.runtime import EXPORTED_SUFFIXES, load_detector
+    from cora.runtime import is_exported, load_detector
 
     if not gt["images"]:
         raise UserError("the ground truth has no images")
     images_dir = Path(args.images) if args.images else _image_root(args.data, min(gt["images"], key=lambda im: im["id"]))
     protocol = args.protocol or ("official" if args.split == "coco-ovd" else "cora")
     overrides, novel_prior = protocol_settings(protocol, args.split, args.novel_prior)
-    exported = args.checkpoint is not None and Path(args.checkpoint).suffix.lower() in EXPORTED_SUFFIXES
+    exported = is_exported(args.checkpoint)
     # An export's settings are fixed: only the prior (a runtime input) follows the protocol there.
     source = common.model_source(args, overrides=[] if exported else overrides)
     model = load_detector(**source, device=device)

@@ -44,6 +44,7 @@ class TritonDetector:
             import tritonclient.http as client
         self.client_module = client
         self.protocol, self.model, self.text_model, self.timeout = protocol, model, text_model, timeout
+        self.device = "cpu"  # where detect's results and encode_vocabulary's embeddings come back
         self.client = client.InferenceServerClient(url)
         try:
             config = self.client.get_model_config(model)

@@ -76,6 +76,29 @@ def test_detect_equals_onnx_runtime(server, reference, protocol):
     assert any(not torch.equal(o["labels"], r["labels"]) for o, r in zip(other, ref))
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_cora_detect_takes_a_served_model(server, reference, protocol, tmp_path):
+    """`cora detect --checkpoint grpc://HOST:PORT` (cora.runtime.load_detector) runs the served model: its JSON
+    holds what OnnxDetector returns for the same image file, slot by slot."""
+    import json
+
+    from cora.cli import main
+    from cora.io import image_tensor, read_image
+
+    path = tmp_path / "photo.png"
+    path.write_bytes(png(images()[0]))
+    url = f"{protocol}://{server.endpoints[protocol]}"
+    assert main(["detect", str(path), "--vocab", ",".join(NAMES), "--checkpoint", url, "--score-threshold", "0",
+                 "--out", str(tmp_path / "out")]) == 0
+    got = json.loads((tmp_path / "out" / "photo.json").read_text())["detections"]
+    (ref,) = reference.detect([image_tensor(read_image(path))], vocabulary=NAMES)
+    assert len(got) == len(ref["labels"]) > 0
+    for d, box, score, label in zip(got, ref["boxes"].tolist(), ref["scores"].tolist(), ref["labels"].tolist()):
+        # the JSON keeps boxes to 0.01 px and scores to 1e-5 (cora.io.write_detections_json)
+        assert d["label"] == label and abs(d["score"] - score) <= 6e-6
+        assert max(abs(a - b) for a, b in zip(d["box"], box)) <= 0.006
+
+
 def test_encoded_images_and_label_names(server, reference):
     imgs = images(1)
     files = [png(i) for i in imgs]
