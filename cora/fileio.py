@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Callable
@@ -66,10 +67,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Removes the temporary files of earlier writes of `path` whose process is gone (a killed write);
     returns them. Those of a live process (a concurrent writer) are kept."""
     path = Path(path)
+    # exactly atomic_write's names for this target (a glob would also match `<name>.7`'s temporaries)
+    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)}")
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
-        pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    for entry in os.listdir(path.parent if str(path.parent) else "."):
+        match = own.fullmatch(entry)
+        if match and not _alive(int(match[1])):
+            tmp = path.with_name(entry)
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

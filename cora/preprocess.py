@@ -129,7 +129,7 @@ def image_list(images) -> list[Tensor]:
     Integer images (uint8) and float ones outside [0, 1] (0..255, mean/std-normalised, NaN) are refused: the
     model normalises inside, and a wrong range detects nothing without a word."""
     if isinstance(images, (np.ndarray, Tensor)):
-        images = torch.as_tensor(images)
+        images = as_tensor(images, "images")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W] or a list of [3, H, W] (RGB), got shape {list(images.shape)}")
         images = list(images)
@@ -137,10 +137,7 @@ def image_list(images) -> list[Tensor]:
         raise ValueError(f"images must be [B, 3, H, W] or a non-empty list of [3, H, W], got {type(images).__name__}")
     out = []
     for i, img in enumerate(images):
-        if isinstance(img, np.ndarray):
-            img = torch.from_numpy(img)
-        if not isinstance(img, Tensor):
-            raise ValueError(f"images[{i}] must be a numpy array or torch Tensor, got {type(img).__name__}")
+        img = as_tensor(img, f"images[{i}]")
         if img.dim() != 3 or img.shape[0] != 3 or min(img.shape[1:]) < 1:
             raise ValueError(f"images[{i}] must be [3, H, W] RGB, got shape {list(img.shape)}")
         if not img.is_floating_point():

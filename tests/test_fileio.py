@@ -100,3 +100,15 @@ def test_full_disk_is_one_line_naming_the_file(full_disk, writer):
     assert os.listdir(full_disk) == []  # the partial temporary file is gone, the space is back
     atomic_write(full_disk / "small.bin", lambda tmp: open(tmp, "wb").write(b"x" * 1000))  # positive control
     assert (full_disk / "small.bin").stat().st_size == 1000
+
+
+def test_stale_temporaries_of_another_target_are_kept(tmp_path):
+    """`x`'s clean-up leaves the temporaries of `x.7` (a name that extends it) alone; names with glob
+    characters work."""
+    dead = 2**22 + 12345  # above the default pid_max of 4194304: no such process
+    mine, other, brackets = (tmp_path / f".{n}.{dead}.abcdef12.cora-tmp" for n in ("x", "x.7", "x[1]"))
+    for f in (mine, other, brackets):
+        f.write_text("left by a killed write")
+    assert remove_stale_temporaries(tmp_path / "x") == [mine]
+    assert remove_stale_temporaries(tmp_path / "x[1]") == [brackets]
+    assert other.exists()

@@ -185,18 +185,21 @@ def export_triton(args: argparse.Namespace) -> None:
     """A Triton model repository at --out (cora.export.triton): the detector and text encoder exported to
     ONNX (parity-checked unless --no-check) with the Python-backend models that serve them."""
     from cora.checkpoint import load_model
-    from cora.export.triton import export_repository
+    from cora.export.triton import check_repository_target, export_repository
 
     for flag in ("vocab", "text_encoder"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')}: not for --format triton (a served model takes its "
                             "vocabulary per request and its repository holds the text encoder)")
     common.check_output_dir(args.out, "--out")
+    check_repository_target(args.out)  # before the minutes of export work
     overrides = [f"inference.{k}={getattr(args, k)}" for k in ("max_detections", "score_threshold")
                  if getattr(args, k) is not None]
     source = common.model_source(args, overrides)
-    export_repository(load_model(**source), args.out, source=source, check=not args.no_check,
-                      image_size=tuple(args.image_size) if args.image_size else None)
+    detector = load_model(**source)
+    with common.user_errors():  # file-system errors (permissions, a full disk) as one line
+        export_repository(detector, args.out, source=source, check=not args.no_check,
+                          image_size=tuple(args.image_size) if args.image_size else None)
     print(f"wrote the model repository {args.out} (serve it with `cora serve {args.out}`)")
 
 

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--grpc-port", type=PORT, default=8001, help="gRPC port, 0 = a free one (default: 8001)")
     p.add_argument("--metrics-port", type=PORT, default=8002, help="Prometheus metrics port, 0 = a free one "
                    "(default: 8002)")
-    p.add_argument("--log", default=None, help="server log file (default: a temporary file, removed on exit)")
+    p.add_argument("--log", default=None, help="server log file, appended to (default: a temporary file, removed on "
+                   "exit)")
     p.set_defaults(run=run)
 
 
@@ -44,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum, frame):
         stop.set()
 
+    common.check_output_file(args.log, "--log")
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, log_path=args.log)
+                          metrics_port=args.metrics_port, log_path=args.log, cancelled=stop.is_set)
     try:
         with server:
             print(f"serving {server.repository}: " + ", ".join(f"{k} {v}" for k, v in server.endpoints().items()),

@@ -127,11 +127,22 @@ def _copy_export(src: Path, dst: Path, meta_update: dict | None = None) -> dict:
     side = Path(f"{src}.json")
     if not src.is_file() or not side.is_file():
         raise UserError(f"{src} (with {side.name} beside it) does not exist: export it with `cora export`")
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError:
+        raise UserError(f"{side} is not JSON (an export's sidecar): export {src.name} again") from None
     shutil.copyfile(src, dst)
     meta.update(meta_update or {})
     write_json(f"{dst}.json", meta, indent=1)
     return meta
+
+
+def check_repository_target(out: str | os.PathLike) -> None:
+    """Refuses an `out` that exists and is not a repository written by `write_repository` (which replaces
+    only its own kind): called before any export work."""
+    out = Path(out)
+    if out.exists() and not (out / DETECTOR_MODEL / "config.pbtxt").is_file():
+        raise UserError(f"{out} exists and is not a cora model repository: choose a new folder")
 
 
 def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_encoder: str | os.PathLike, *,
@@ -143,8 +154,7 @@ def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_e
     `out` must be a repository written by this function. limits: what one request may send.
     text_templates: the prompt templates of the text model (default: the text encoder export's)."""
     out, detector, text_encoder = Path(out), Path(detector), Path(text_encoder)
-    if out.exists() and not (out / DETECTOR_MODEL / "config.pbtxt").is_file():
-        raise UserError(f"{out} exists and is not a cora model repository: choose a new folder")
+    check_repository_target(out)
     if detector.suffix not in (".onnx", ".engine"):
         raise UserError(f"the detector must be an exported .onnx or .engine, got {detector}")
     if max_batch_size < 1 or queue_delay_us < 0 or cache_names < 1:
@@ -184,7 +194,11 @@ def write_repository(out: str | os.PathLike, detector: str | os.PathLike, text_e
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             out.rename(old / "repo")
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                (old / "repo").rename(out)  # the previous repository back in place
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

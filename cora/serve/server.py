@@ -26,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cora.errors import UserError
 
@@ -85,12 +86,14 @@ class TritonServer:
 
     `start()` returns once the server and every model are ready (or raises UserError with the log's tail);
     `stop()` sends SIGTERM to the server's process group (the server and its model processes), waits, then
-    SIGKILL: no process is left behind. Also a context manager. The log is `log_path` (default: a temporary
-    file)."""
+    SIGKILL: no process is left behind. Also a context manager. The log is `log_path` (appended to; default: a
+    temporary file). `cancelled()` is polled while starting: True stops the server and raises UserError
+    (`cora serve` passes its SIGINT / SIGTERM flag)."""
 
     def __init__(self, repository: str | os.PathLike, host: str = "127.0.0.1", http_port: int = 0,
                  grpc_port: int = 0, metrics_port: int = 0, log_path: str | os.PathLike | None = None,
-                 home: str | os.PathLike | None = None, startup_timeout: float = 120.0):
+                 home: str | os.PathLike | None = None, startup_timeout: float = 120.0,
+                 cancelled: Callable[[], bool] = lambda: False):
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir() and any(self.repository.glob("*/config.pbtxt"))):
             raise UserError(f"{repository} is not a Triton model repository (no <model>/config.pbtxt in it): write "
@@ -100,6 +103,7 @@ class TritonServer:
         self.ports = {name: port or free_port(host) for name, port in
                       (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))}
         self.startup_timeout = startup_timeout
+        self.cancelled = cancelled
         self._workdir = tempfile.TemporaryDirectory(prefix="cora-triton-")
         self.log_path = Path(log_path) if log_path else Path(self._workdir.name) / "tritonserver.log"
         self.process: subprocess.Popen | None = None
@@ -128,13 +132,18 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         command, env = self._command_and_env()
-        log = open(self.log_path, "wb")
-        # Its own session: stop() signals the whole group (the server and the model processes it forks).
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        log.close()
+        try:
+            with open(self.log_path, "ab") as log:
+                # Its own session: stop() signals the whole group (the server and the model processes it forks).
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+        except OSError as e:
+            raise UserError(f"cannot start tritonserver ({command[0]}, log {self.log_path}): {e.strerror or e}") from None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
+            if self.cancelled():
+                self.stop()
+                raise UserError("interrupted while tritonserver was starting; stopped it")
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.stop()  # model processes it may have left
