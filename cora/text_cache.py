@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -99,6 +99,18 @@ class TextCache:
             self._warn(e)
             return {}
         return found
+
+    def lookup(self, ns: str, names: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """ndarray[K, D] float32 of `names` (repeats allowed) in namespace `ns`: read from the cache where
+        present, the missing names (each once) through `encode(names) -> [N, D]`, then stored."""
+        unique = list(dict.fromkeys(names))
+        found = self.get(ns, unique)
+        missing = [n for n in unique if n not in found]
+        if missing:
+            new = dict(zip(missing, np.asarray(encode(missing), dtype=np.float32)))
+            self.put(ns, new)
+            found.update(new)
+        return np.stack([found[n] for n in names]).astype(np.float32, copy=False)
 
     def put(self, ns: str, embeddings: Mapping[str, np.ndarray]) -> None:
         """Stores {name: ndarray[D]} in namespace `ns` (as float32), then evicts down to the bound if needed."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,14 +71,8 @@ class TextEmbedder:
         device = self._device()
         if self.cache is None:
             return self._encode(names)
-        found = self.cache.get(self.cache_namespace(), names)
-        missing = [n for n in names if n not in found]
-        if missing:
-            encoded = self._encode(missing)
-            new = dict(zip(missing, encoded.cpu().numpy()))
-            self.cache.put(self.cache_namespace(), new)
-            found.update(new)
-        return torch.from_numpy(np.stack([found[n] for n in names])).to(device)
+        embeddings = self.cache.lookup(self.cache_namespace(), names, lambda m: self._encode(m).cpu().numpy())
+        return torch.from_numpy(embeddings).to(device)
 
     def cache_namespace(self) -> str:
         """The cache key of everything but the name (see the class docstring)."""

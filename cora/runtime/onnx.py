@@ -149,13 +149,7 @@ class OnnxTextEncoder:
                 digest = hashlib.file_digest(f, "blake2b").hexdigest()
             self._namespace = namespace(model="onnx", weights=digest, templates=self.templates,
                                         context_length=self.context_length)
-        found = self.cache.get(self._namespace, list(names))
-        missing = list(dict.fromkeys(n for n in names if n not in found))
-        if missing:
-            new = dict(zip(missing, self._encode(missing)))
-            self.cache.put(self._namespace, new)
-            found.update(new)
-        return np.stack([found[n] for n in names]).astype(np.float32)
+        return self.cache.lookup(self._namespace, list(names), self._encode)
 
     def _encode(self, names: list[str]) -> np.ndarray:
         per_prompt = self.embed_prompts(prompts(names, self.templates))  # [K*T, D]

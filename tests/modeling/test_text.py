@@ -232,3 +232,26 @@ def test_embedder_argument_errors(clip, tokenizer):
         embed(["cat", "dog", "cat"])
     with pytest.raises(TypeError, match="names must be a sequence of class names, got str"):
         embed("cat")
+
+
+def test_cache_lookup_encodes_each_missing_name_once(tmp_path):
+    """TextCache.lookup (used by TextEmbedder and OnnxTextEncoder): repeats are encoded once, cached names never
+    again, and rows come back in the request's order."""
+    import numpy as np
+
+    from cora.text_cache import TextCache
+
+    calls = []
+
+    def encode(names):
+        calls.append(list(names))
+        return np.array([[len(n), ord(n[0])] for n in names], dtype=np.float32)
+
+    cache = TextCache(str(tmp_path / "c.sqlite3"))
+    got = cache.lookup("ns", ["ab", "c", "ab"], encode)
+    np.testing.assert_array_equal(got, [[2, 97], [1, 99], [2, 97]])
+    assert calls == [["ab", "c"]]
+    np.testing.assert_array_equal(cache.lookup("ns", ["c", "ddd"], encode), [[1, 99], [3, 100]])
+    assert calls == [["ab", "c"], ["ddd"]]
+    cache.lookup("other", ["c"], encode)  # another namespace (other weights) encodes again
+    assert calls[-1] == ["c"]
