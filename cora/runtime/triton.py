@@ -45,7 +45,9 @@ class TritonDetector:
         self.client_module = client
         self.protocol, self.model, self.text_model, self.timeout = protocol, model, text_model, timeout
         self.device = "cpu"  # where detect's results and encode_vocabulary's embeddings come back
-        self.client = client.InferenceServerClient(url)
+        # HTTP takes its timeouts per client, gRPC per request (client_timeout in _infer)
+        self.client = client.InferenceServerClient(url) if protocol == "grpc" else \
+            client.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
         try:
             config = self.client.get_model_config(model)
         except Exception as e:
