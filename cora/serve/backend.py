@@ -30,8 +30,8 @@ def error_response(pb, message: str):
 
 class NameCache:
     """names -> [K, D] float32 through `encode` (names -> [K, D]), remembering at most `capacity` names in
-    memory (per model process: a look-up per name, no I/O; cora.text_cache is the on-disk cache of the
-    PyTorch text embedder).
+    memory (per model process: a look-up per name, no I/O; under it, OnnxTextEncoder's on-disk
+    cora.text_cache).
 
     Names missing from the cache are encoded in one call; the least recently used names are dropped once
     the cache holds more than `capacity`."""
