@@ -218,9 +218,6 @@ def backend_status(backend: str, device: str, dtype: str) -> str | None:
     if backend == "compile":
         return None  # compile failures and time-outs are caught per run and reported
     if backend == "onnxruntime":
-        missing = [m for m in ("cora.export.onnx", "cora.runtime.onnx") if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"unavailable: {' and '.join(missing)} not in this installation"
         if importlib.util.find_spec("onnxruntime") is None:
             return "unavailable: onnxruntime not installed"
         if dtype != "fp32":
@@ -231,10 +228,6 @@ def backend_status(backend: str, device: str, dtype: str) -> str | None:
             return "unavailable: TensorRT not installed"
         if device != "cuda":
             return "unavailable: TensorRT needs --device cuda"
-        missing = [m for m in ("cora.export.onnx", "cora.export.tensorrt", "cora.runtime.tensorrt")
-                   if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"unavailable: {' and '.join(missing)} not in this installation"
         return None
     raise ValueError(f"unknown backend {backend!r}")
 

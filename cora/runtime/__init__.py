@@ -24,7 +24,12 @@ def is_exported(checkpoint: str | os.PathLike | None) -> bool:
     if checkpoint is None:
         return False
     name = os.fspath(checkpoint)
-    return name.startswith(tuple(SERVED_SCHEMES)) or os.path.splitext(name)[1].lower() in EXPORTED_SUFFIXES
+    return served_scheme(name) is not None or os.path.splitext(name)[1].lower() in EXPORTED_SUFFIXES
+
+
+def served_scheme(name: str) -> str | None:
+    """The SERVED_SCHEMES prefix `name` starts with, else None."""
+    return next((s for s in SERVED_SCHEMES if name.startswith(s)), None)
 
 
 def load_detector(checkpoint: str | os.PathLike | None = None, *, device: str = "cpu", text_encoder=None,
@@ -48,7 +53,7 @@ def load_detector(checkpoint: str | os.PathLike | None = None, *, device: str = 
     if used:
         raise UserError(f"{name} is an exported model: its weights and settings are fixed, so "
                         f"{', '.join(used)} cannot apply (re-export with them instead)")
-    scheme = next((s for s in SERVED_SCHEMES if name.startswith(s)), None)
+    scheme = served_scheme(name)
     if scheme is not None:
         from cora.runtime.triton import TritonDetector
 

@@ -36,12 +36,13 @@ def read_metadata(path: str | os.PathLike, embedded: str | None = None, *, fmt: 
     "text_encoder"). Raises UserError when there is none (a file not exported by cora), it is not a JSON
     object, or its format, format_version or graph is not the expected one."""
     name, side = os.fspath(path), f"{os.fspath(path)}.json"
-    where = side if os.path.isfile(side) else f"{name} (its embedded 'cora' metadata)"
-    if not os.path.isfile(side) and not embedded:
+    has_side = os.path.isfile(side)
+    where = side if has_side else f"{name} (its embedded 'cora' metadata)"
+    if not has_side and not embedded:
         raise UserError(f"{name} has no cora metadata (no {os.path.basename(side)} beside it and none "
                         "embedded): export it with `cora export`")
     try:
-        if os.path.isfile(side):
+        if has_side:
             with open(side, encoding="utf-8") as f:
                 meta = json.load(f)
         else:

@@ -55,4 +55,4 @@ class NameCache:
             self.entries.move_to_end(n)
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
-        return np.stack([found[n] for n in names]).astype(np.float32)
+        return np.stack([found[n] for n in names]).astype(np.float32, copy=False)

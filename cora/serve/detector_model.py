@@ -93,7 +93,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         pb = self.pb
         responses: list = [None] * len(requests)
-        groups: dict = {}     # (padded size, text, prior) -> [(request, row, image)]
+        groups: dict = {}     # (padded size, vocabulary, prior) -> [(request, row, image)]
         parsed: dict = {}     # request -> its rows
         for i, request in enumerate(requests):
             try:
@@ -101,8 +101,10 @@ class TritonPythonModel:
             except UserError as e:
                 responses[i] = error_response(pb, str(e))
                 continue
-            for j, (image, text, prior, _) in enumerate(parsed[i]):
-                key = (self.padded_size(image), text.shape, text.tobytes(), prior.tobytes())
+            for j, (image, text, prior, row_names) in enumerate(parsed[i]):
+                # names identify their embeddings (one name cache): no need to hash the K x D floats
+                vocabulary = tuple(row_names) if row_names is not None else (text.shape, text.tobytes())
+                key = (self.padded_size(image), vocabulary, prior.tobytes())
                 groups.setdefault(key, []).append((i, j, image))
         detections: dict = {}
         for members in groups.values():
