@@ -69,12 +69,11 @@ def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Loads learned weights into a CORA model; the CLIP weights must be its only missing keys."""
-    expected = model.learned_state_dict().keys()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = {k: v.shape for k, v in model.learned_state_dict().items()}
+    missing = sorted(set(shapes) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(shapes))
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}")
-    shapes = {k: v.shape for k, v in model.learned_state_dict().items()}
     wrong = [k for k in sorted(state_dict) if state_dict[k].shape != shapes[k]]
     if wrong:
         k = wrong[0]
@@ -116,7 +115,8 @@ def load_official_file(path: str | Path) -> dict:
 
 
 def load_model(checkpoint: str | Path | None = None, preset: str | None = None, *, clip_weights: str | None = None,
-               random_init: bool = False, seed: int = 0, overrides=(), device: str = "cpu"):
+               random_init: bool = False, seed: int = 0, overrides=(), device: str = "cpu",
+               fresh: bool = False):
     """The CORA detector in eval mode on `device`, from a checkpoint folder or (with `random_init`) a preset.
 
     checkpoint: a cora checkpoint folder (its config.json gives the architecture); else `preset`
@@ -128,8 +128,9 @@ def load_model(checkpoint: str | Path | None = None, preset: str | None = None, 
     overrides: config overrides ("inference.nms_iou=0.6", see cora.config.apply_overrides).
     The keyword names are those of an export's sidecar "source", so `load_model(**meta["source"])` rebuilds
     the model an export was made from. Raises UserError (one line) for every user mistake.
+    fresh: allow fresh CORA weights without `random_init` (training starts from them; CLIP's stay real).
     """
-    if checkpoint is None and not random_init:
+    if checkpoint is None and not random_init and not fresh:
         raise UserError("no CORA weights: pass a checkpoint folder (import the official release with `cora convert`), "
                         "or random_init / --random-init to try the pipeline with random weights")
     try:

@@ -37,7 +37,6 @@ DEFAULT_GT = {
     "lvis": ("annotations/lvis_v1_val.json", "lvis_v1_val.json", "lvis_val.json"),
 }
 DEFAULT_IMAGES = ("val2017", ".", "images")
-SPLIT_FILE = "split.json"  # {"base": [...], "novel": [...]} beside a dataset (cora.data.synthetic writes one)
 
 PROTOCOLS = ("official", "cora")
 # The official evaluation (github.com/tgxs002/CORA): `--text_len 15` for the text encoder, every (box, class)
@@ -116,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out} would overwrite the input {clash[0]}; choose another --out")
         gt = ev.load_ground_truth(gt_path, args.split)
         novel, base = ev.parse_novel(args.novel)
-        if novel is None and args.split == "coco-ovd" and "ovd_split" not in (gt.get("info") or {}) \
-                and args.data and (Path(args.data) / SPLIT_FILE).is_file():
-            novel, base = ev.parse_novel(str(Path(args.data) / SPLIT_FILE))
-            print(f"novel classes from {Path(args.data) / SPLIT_FILE}: {', '.join(map(str, novel))}")
+        split_json = common.split_file(None, common.data_dir(args)) if novel is None and args.split == "coco-ovd" \
+            and "ovd_split" not in (gt.get("info") or {}) else None
+        if split_json:
+            novel, base = ev.parse_novel(split_json)
+            print(f"novel classes from {split_json}: {', '.join(map(str, novel))}")
         if args.detections is not None:
             detections = ev.check_coco_results(ev.load_json(args.detections, "detections file"), args.detections, gt)
             result = ev.evaluate(args.split, detections, gt, novel, None, args.verbose, base)

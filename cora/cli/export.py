@@ -187,7 +187,7 @@ def export_triton(args: argparse.Namespace) -> None:
     from cora.checkpoint import load_model
     from cora.export.triton import check_repository_target, export_repository
 
-    for flag in ("vocab", "text_encoder"):
+    for flag in (o for o in _ONNX_OPTIONS if o not in args.format.options):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')}: not for --format triton (a served model takes its "
                             "vocabulary per request and its repository holds the text encoder)")

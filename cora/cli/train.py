@@ -154,19 +154,7 @@ def training_model(args: argparse.Namespace, device):
     --random-init)."""
     from cora.checkpoint import load_model
 
-    source = common.model_source(args)
-    if args.checkpoint is not None or args.random_init:
-        return load_model(**source, device=device)
-    # TODO(#14): load_model refuses a model without learned weights (right for inference, where they would be
-    # random); training starts from one. Until load_model can build it, this does what load_model does.
-    import torch
-
-    from cora.checkpoint import build_model
-    from cora.config import apply_overrides, get_preset
-
-    cfg = apply_overrides(get_preset(source["preset"]), source["overrides"])
-    torch.manual_seed(source["seed"])
-    return build_model(cfg, source["clip_weights"]).to(device)
+    return load_model(**common.model_source(args), device=device, fresh=True)
 
 
 def _evaluator(args, data: Path | None, split: str | None, val_split: str):

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cora.errors import UserError
+from cora.errors import UserError, first_line
 from cora.runtime.base import ExportedDetector, read_metadata
 from cora.text_cache import TextCache, namespace
 from cora.vocabulary import IMAGENET_TEMPLATES, ensemble, prompts, tokenizer
@@ -43,8 +43,7 @@ def _session(path, providers, graph: str):
     try:
         session = ort.InferenceSession(os.fspath(path), providers=providers or default_providers())
     except Exception as e:  # noqa: BLE001  onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{os.fspath(path)} is not an ONNX model ONNX Runtime can load ({message[:200]})") from None
+        raise UserError(f"{os.fspath(path)} is not an ONNX model ONNX Runtime can load ({first_line(e)[:200]})") from None
     meta = read_metadata(path, session.get_modelmeta().custom_metadata_map.get("cora"), fmt="onnx", graph=graph)
     return session, meta
 
