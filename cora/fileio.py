@@ -55,6 +55,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         pass
 
 
+def read_json(path: str | os.PathLike, what: str):
+    """The JSON value in file `path`; a missing file (FileNotFoundError) or bad JSON (ValueError) is one line
+    naming `what` (e.g. "annotation file") and the path."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e})") from None
+
+
 def write_json(path: str | os.PathLike, obj, indent: int | None = None) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:

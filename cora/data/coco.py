@@ -11,7 +11,6 @@ inside the image. See CocoDetection.__getitem__ for the target format.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cora import fileio
 from cora.data.splits import Split, load_categories, load_split, unknown_names_message
 from cora.data.transforms import clip_boxes, eval_transforms, train_transforms, with_cxcywh
 from cora.io import image_tensor, read_image
@@ -32,13 +32,7 @@ VOCABULARIES = ("all", "base", "novel", "base+novel")  # named vocabularies; a l
 
 def read_json(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"annotation file {path} is not valid JSON ({e})") from None
+    data = fileio.read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{path!r} is not a COCO / LVIS instances json "
                          f"(expected an object, got {type(data).__name__})")

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cora.fileio import read_json
 from cora.vocabulary import category_name
 
 # COCO 2017 category names of the COCO OVD benchmark (OVR-CNN's split, used by CORA).
@@ -226,11 +227,7 @@ def load_split(spec: str | os.PathLike | Split, categories) -> Split:
         hint = close_match(path, SPLIT_NAMES)
         raise FileNotFoundError(f"split {path!r} is neither one of {', '.join(SPLIT_NAMES)} nor a split file"
                                 + (f" (did you mean {hint!r}?)" if hint else ""))
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"split file {path} is not valid JSON ({e})") from None
+    data = read_json(path, "split file")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("base", "novel")):
         raise ValueError(f"split file {path!r} must hold {{\"base\": [names], \"novel\": [names]}}")
     return make_split(categories, data["base"], data["novel"], f"split file {path!r}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
-import json
 import logging
 import math
 import threading
@@ -33,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cora.config import unknown_name_message
-from cora.fileio import write_json
+from cora.fileio import read_json, write_json
 
 SPLITS = ("coco-ovd", "lvis")
 MAX_DETS = {"coco-ovd": 100, "lvis": 300}
@@ -97,14 +96,7 @@ def _is_number(v) -> bool:
 def load_json(path_or_dict, what: str):
     if isinstance(path_or_dict, (dict, list)):
         return path_or_dict
-    path = Path(path_or_dict)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} {path} is not valid JSON ({e})") from None
+    return read_json(path_or_dict, what)
 
 
 def load_ground_truth(gt, split: str) -> dict:

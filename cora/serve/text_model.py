@@ -12,8 +12,6 @@ encoder and its templates, so the name is the whole key.
 
 from __future__ import annotations
 
-import numpy as np
-
 from cora.errors import UserError
 from cora.serve.backend import NameCache, error_response, model_settings
 from cora.serve.requests import check_names
