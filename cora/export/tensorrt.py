@@ -17,7 +17,6 @@ Without TensorRT or a CUDA GPU this exits 1 with one line; the ONNX file stays u
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from cora.errors import UserError

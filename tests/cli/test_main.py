@@ -1,6 +1,5 @@
 """cora.cli.main: the commands, one-line errors (exit 1), usage errors (exit 2), and the import layers."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -19,7 +19,7 @@ from cora.errors import UserError
 from cora.runtime.onnx import OnnxDetector, OnnxTextEncoder
 from cora.runtime.triton import TritonDetector
 from cora.serve.server import TritonInstall, TritonServer
-from tests.serve.served import CACHE_NAMES, LIMITS, processes_using, served
+from tests.serve.served import LIMITS, processes_using, served
 
 pytestmark = pytest.mark.slow
 
