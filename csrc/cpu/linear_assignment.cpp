@@ -6,8 +6,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <new>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -24,129 +25,176 @@ namespace {
 
 using lsa_detail::Workspace;
 
-// The inner loop of RowMinima (below): branch-free, with masks instead of selects on the
-// integers, so that it vectorises.
+// The two passes of RowMinima (below), over lanes: lane t takes x[c * lanes + t] for c < chunks.
+// Everything stays in the cost's own type (counts and chunk indices too, exact below 2^24 in
+// float32), so that each loop vectorises without converting masks between widths.
+//
+// Pass 1: each lane's minimum, and a sum that turns NaN when any element is NaN or +-inf (x * 0 is
+// NaN exactly for those).
 template <typename scalar_t>
-__attribute__((always_inline)) inline int accumulate_lanes_impl(
-    const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step, scalar_t* __restrict__ mn,
-    int32_t* __restrict__ tie, int32_t* __restrict__ pos, const int32_t* __restrict__ off) {
-  int all_finite = 1;
+__attribute__((always_inline)) inline void lane_minimum_impl(const scalar_t* __restrict__ x, int64_t chunks, int64_t lanes,
+                                                             scalar_t* __restrict__ minimum,
+                                                             scalar_t* __restrict__ poison) {
   for (int64_t c = 0; c < chunks; ++c) {
     const scalar_t* __restrict__ xc = x + c * lanes;
-    const int32_t base = static_cast<int32_t>(c) * step;
     for (int64_t t = 0; t < lanes; ++t) {
-      const scalar_t v = xc[t], m = mn[t];
-      const int32_t eq = v == m, mask = -static_cast<int32_t>(v < m);
-      mn[t] = v < m ? v : m;
-      tie[t] = (tie[t] | eq) & ~mask;
-      pos[t] = (pos[t] & ~mask) | ((base + off[t]) & mask);
-      all_finite &= std::abs(v) < std::numeric_limits<scalar_t>::infinity();
+      const scalar_t v = xc[t];
+      minimum[t] = v < minimum[t] ? v : minimum[t];
+      poison[t] += v * scalar_t(0);
     }
   }
-  return all_finite;
+}
+
+// Pass 2: how often each lane meets its target value, and the last chunk where it did.
+template <typename scalar_t>
+__attribute__((always_inline)) inline void lane_find_impl(const scalar_t* __restrict__ x, int64_t chunks, int64_t lanes,
+                                                          const scalar_t* __restrict__ target,
+                                                          scalar_t* __restrict__ count, scalar_t* __restrict__ last) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    const scalar_t* __restrict__ xc = x + c * lanes;
+    const scalar_t at = static_cast<scalar_t>(c);
+    for (int64_t t = 0; t < lanes; ++t) {
+      // Arithmetic instead of a select on `last`, which would read memory conditionally (a branch).
+      // Exact: integers below 2^24.
+      const scalar_t hit = xc[t] == target[t] ? scalar_t(1) : scalar_t(0);
+      count[t] += hit;
+      last[t] += hit * (at - last[t]);
+    }
+  }
 }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-// Also compiled for AVX2 and picked at load time on CPUs that have it (as cpu/axpy4.h).
-#define CORA_LSA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// Also compiled for AVX2 and picked at load time on CPUs that have it (as cpu/axpy4.h). Without
+// unroll-and-jam: at -O3 GCC fuses pairs of chunks into one inner loop that no longer vectorises
+// (a scalar loop with a branch per element).
+#define CORA_LSA_CLONES \
+  __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("no-loop-unroll-and-jam")))
 #else
 #define CORA_LSA_CLONES
 #endif
-CORA_LSA_CLONES static int accumulate_lanes(const float* x, int64_t chunks, int64_t lanes, int32_t step, float* mn,
-                                            int32_t* tie, int32_t* pos, const int32_t* off) {
-  return accumulate_lanes_impl(x, chunks, lanes, step, mn, tie, pos, off);
+CORA_LSA_CLONES static void lane_minimum(const float* x, int64_t chunks, int64_t lanes, float* minimum, float* poison) {
+  lane_minimum_impl(x, chunks, lanes, minimum, poison);
 }
-CORA_LSA_CLONES static int accumulate_lanes(const double* x, int64_t chunks, int64_t lanes, int32_t step, double* mn,
-                                            int32_t* tie, int32_t* pos, const int32_t* off) {
-  return accumulate_lanes_impl(x, chunks, lanes, step, mn, tie, pos, off);
+CORA_LSA_CLONES static void lane_minimum(const double* x, int64_t chunks, int64_t lanes, double* minimum,
+                                         double* poison) {
+  lane_minimum_impl(x, chunks, lanes, minimum, poison);
+}
+CORA_LSA_CLONES static void lane_find(const float* x, int64_t chunks, int64_t lanes, const float* target,
+                                      float* count, float* last) {
+  lane_find_impl(x, chunks, lanes, target, count, last);
+}
+CORA_LSA_CLONES static void lane_find(const double* x, int64_t chunks, int64_t lanes, const double* target,
+                                      double* count, double* last) {
+  lane_find_impl(x, chunks, lanes, target, count, last);
 }
 #undef CORA_LSA_CLONES
 
 // Checks that all costs are finite and finds the minimum of each solver row and, when it is unique,
-// its column, for the solver's first-step shortcut (lsa_detail::solve). One pass in the stored
-// layout, vectorised by the compiler, instead of one scalar scan per row.
+// its column, for the solver's first-step shortcut (lsa_detail::solve): two vectorised passes in the
+// stored layout (the minima, then where they occur, on a problem already in cache) instead of one
+// scalar scan per row.
 //
-// The pass runs over lanes: lane t accumulates the elements t, t + L, t + 2L, ... of a contiguous
-// range (L lanes), keeping its minimum, whether that occurs more than once, and where it last
-// became smaller; the lanes of a row are folded at the end. Wide matrices (solver row = stored
-// row): 8 lanes along each row. Tall ones (solver row i = stored column i, of n): L = kGroup * n
-// lanes over kGroup stored rows at a time, lane t holding solver row t % n. Elements past the last
-// whole group go to lanes 0..n (tall) or lane 0 (wide) one at a time.
+// Lanes: wide matrices (solver row = stored row): 8 lanes along each row, lane t taking columns t,
+// t + 8, ... Tall ones (solver row i = stored column i, of n): kGroup * n lanes over kGroup stored
+// rows at a time, lane g * n + i taking column i of stored rows g, g + kGroup, ... Elements past
+// the last whole chunk are taken one at a time.
 template <typename scalar_t>
 struct RowMinima {
   static constexpr int64_t kWideLanes = 8;
   static constexpr int64_t kGroup = 4;
-  // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each.
-  scalar_t* minimum;
-  int32_t* tied;  // the minimum occurs more than once
-  int32_t* position;
-  int32_t* lane_offset;
+  static constexpr int64_t kMaxChunks = int64_t(1) << 24;  // chunk indices are exact in scalar_t below
+  // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each: the lane minima, then the
+  // targets of pass 2; the poison sums, then the counts; the last chunks.
+  scalar_t* a;
+  scalar_t* b;
+  scalar_t* last;
 
-  static bool finite(scalar_t x) { return std::abs(x) < std::numeric_limits<scalar_t>::infinity(); }
+  static constexpr scalar_t inf() { return std::numeric_limits<scalar_t>::infinity(); }
 
-  void reset(int64_t lanes) const {
-    std::fill(minimum, minimum + lanes, std::numeric_limits<scalar_t>::infinity());
-    std::fill(tied, tied + lanes, 0);
-    std::fill(position, position + lanes, 0);
+  void start(int64_t lanes) const {
+    std::fill(a, a + lanes, inf());
+    std::fill(b, b + lanes, scalar_t(0));
   }
 
-  // Lane t takes x[c * lanes + t] for c < chunks, at position c * step + lane_offset[t].
-  int accumulate(const scalar_t* x, int64_t chunks, int64_t lanes, int32_t step) const {
-    return accumulate_lanes(x, chunks, lanes, step, minimum, tied, position, lane_offset);
-  }
-
-  int accumulate_one(scalar_t v, int32_t at, int64_t lane) const {
-    if (v < minimum[lane]) {
-      minimum[lane] = v;
-      tied[lane] = 0;
-      position[lane] = at;
-    } else if (v == minimum[lane]) {
-      tied[lane] = 1;
-    }
-    return finite(v);
-  }
-
-  // Folds lanes first, first + stride, ... (num of them) into solver row i.
-  void fold(int64_t first, int64_t stride, int64_t num, int64_t i, const Workspace& w) const {
-    scalar_t m = minimum[first];
-    for (int64_t s = 1; s < num; ++s) m = std::min(m, minimum[first + s * stride]);
-    int32_t n = 0, at = -1;  // n: occurrences of m, counting a tied lane as two
-    for (int64_t s = 0; s < num; ++s) {
-      if (minimum[first + s * stride] == m) {
-        n += 1 + tied[first + s * stride];
-        at = position[first + s * stride];
-      }
-    }
-    w.row_min[i] = static_cast<double>(m);
-    w.row_arg[i] = n == 1 ? at : -1;
+  // Pass 2 with target m_row(t) already in a[t].
+  void find(const scalar_t* x, int64_t chunks, int64_t lanes) const {
+    std::fill(b, b + lanes, scalar_t(0));
+    std::fill(last, last + lanes, scalar_t(0));
+    lane_find(x, chunks, lanes, a, b, last);
   }
 
   bool operator()(const scalar_t* data, int64_t rows, int64_t cols, const Workspace& w) const {
     if (std::min(rows, cols) < 2) return false;  // one row: its scan is all the work anyway
-    int all_finite = 1;
     if (cols >= rows) {
-      const int64_t chunks = cols / kWideLanes;
-      for (int64_t t = 0; t < kWideLanes; ++t) lane_offset[t] = static_cast<int32_t>(t);
+      const int64_t lanes = kWideLanes, chunks = cols / lanes;
+      if (chunks >= kMaxChunks) return false;
       for (int64_t i = 0; i < rows; ++i) {
         const scalar_t* x = data + i * cols;
-        reset(kWideLanes);
-        all_finite &= accumulate(x, chunks, kWideLanes, kWideLanes);
-        for (int64_t j = chunks * kWideLanes; j < cols; ++j) all_finite &= accumulate_one(x[j], j, 0);
-        fold(0, 1, kWideLanes, i, w);
+        start(lanes);
+        lane_minimum(x, chunks, lanes, a, b);
+        scalar_t m = inf(), bad = 0;
+        for (int64_t t = 0; t < lanes; ++t) {
+          m = std::min(m, a[t]);
+          bad += b[t];
+        }
+        for (int64_t j = chunks * lanes; j < cols; ++j) {
+          m = std::min(m, x[j]);
+          bad += x[j] * scalar_t(0);
+        }
+        if (bad != 0) return false;  // NaN: a non-finite cost
+        std::fill(a, a + lanes, m);
+        find(x, chunks, lanes);
+        int64_t hits = 0, at = -1;
+        for (int64_t t = 0; t < lanes; ++t) {
+          if (b[t] == 0) continue;
+          hits += static_cast<int64_t>(b[t]);
+          at = static_cast<int64_t>(last[t]) * lanes + t;
+        }
+        for (int64_t j = chunks * lanes; j < cols; ++j) {
+          if (x[j] != m) continue;
+          ++hits;
+          at = j;
+        }
+        w.row_min[i] = static_cast<double>(m);
+        w.row_arg[i] = hits == 1 ? static_cast<int32_t>(at) : -1;
       }
-      return all_finite != 0;
+      return true;
     }
-    const int64_t n = cols, lanes = kGroup * n, groups = rows / kGroup;
-    for (int64_t g = 0; g < kGroup; ++g) {
-      std::fill(lane_offset + g * n, lane_offset + (g + 1) * n, static_cast<int32_t>(g));
+    const int64_t n = cols, lanes = kGroup * n, chunks = rows / kGroup;
+    if (chunks >= kMaxChunks) return false;
+    const scalar_t* tail = data + chunks * lanes;  // the last rows - chunks * kGroup stored rows
+    const int64_t tail_rows = rows - chunks * kGroup;
+    start(lanes);
+    lane_minimum(data, chunks, lanes, a, b);
+    scalar_t bad = 0;
+    for (int64_t t = 0; t < lanes; ++t) bad += b[t];
+    for (int64_t i = 0; i < n; ++i) {
+      scalar_t m = inf();
+      for (int64_t g = 0; g < kGroup; ++g) m = std::min(m, a[g * n + i]);
+      for (int64_t k = 0; k < tail_rows; ++k) {
+        m = std::min(m, tail[k * n + i]);
+        bad += tail[k * n + i] * scalar_t(0);
+      }
+      for (int64_t g = 0; g < kGroup; ++g) a[g * n + i] = m;
     }
-    reset(lanes);
-    all_finite &= accumulate(data, groups, lanes, kGroup);
-    for (int64_t k = groups * kGroup; k < rows; ++k) {
-      for (int64_t i = 0; i < n; ++i) all_finite &= accumulate_one(data[k * n + i], static_cast<int32_t>(k), i);
+    if (bad != 0) return false;
+    find(data, chunks, lanes);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t m = a[i];
+      int64_t hits = 0, at = -1;
+      for (int64_t g = 0; g < kGroup; ++g) {
+        if (b[g * n + i] == 0) continue;
+        hits += static_cast<int64_t>(b[g * n + i]);
+        at = static_cast<int64_t>(last[g * n + i]) * kGroup + g;
+      }
+      for (int64_t k = 0; k < tail_rows; ++k) {
+        if (tail[k * n + i] != m) continue;
+        ++hits;
+        at = chunks * kGroup + k;
+      }
+      w.row_min[i] = static_cast<double>(m);
+      w.row_arg[i] = hits == 1 ? static_cast<int32_t>(at) : -1;
     }
-    if (!all_finite) return false;
-    for (int64_t i = 0; i < n; ++i) fold(i, n, kGroup, i, w);
     return true;
   }
 };
@@ -166,32 +214,43 @@ struct WorkQueue {
   std::atomic<bool> failed{false};  // a thread could not allocate its scratch
 };
 
-// Problem p is the r[p] x c[p] row-major matrix at data[p].
-template <typename scalar_t>
+// Problem p is the r[p] x c[p] row-major matrix at data[p]. Each problem is solved into the solving
+// thread's scratch, then handed to emit(p, status, row, col, n) on that thread (n = min(r[p], c[p])
+// pairs, sorted by row; col = -1 marks a dropped pair), which writes it where the caller wants it:
+// writing the results, the list face's tensor allocations included, is shared by the threads too.
+template <typename scalar_t, typename Emit>
 void solve_all_kernel_impl(const scalar_t* const* data, const int64_t* r, const int64_t* c, const AssignmentPlan& plan,
-                           int64_t* row, int64_t* col, int64_t* prob, int8_t* status) {
+                           const Emit& emit, int8_t* status) {
   const int64_t num = static_cast<int64_t>(plan.slot_offset.size()) - 1;
-  const AssignmentPlan* layout = &plan;
+  const int64_t max_rows = plan.max_rows, max_cols = plan.max_cols;
+  int64_t total = 0;
+  for (int64_t p = 0; p < num; ++p) total += r[p] * c[p];
+  const int64_t helpers = total < kMinParallelCosts || at::in_parallel_region()
+      ? 0
+      : std::min<int64_t>(at::get_num_threads(), num) - 1;
   auto queue = std::make_shared<WorkQueue>();
 
-  auto work = [=]() {
+  auto work = [=, &emit]() {
     queue->active.fetch_add(1, std::memory_order_acq_rel);
     int64_t p = queue->next.fetch_add(1, std::memory_order_relaxed);
     if (p < num) try {
-      const int64_t max_rows = layout->max_rows, max_cols = layout->max_cols;
       std::vector<double> doubles(Workspace::doubles(max_rows, max_cols)), row_min(max_rows);
       std::vector<int32_t> ints(Workspace::ints(max_rows, max_cols)), row_arg(max_rows);
+      std::vector<int64_t> pairs(3 * max_rows);  // row, col, problem of each pair
       const int64_t lanes = std::max(RowMinima<scalar_t>::kWideLanes, RowMinima<scalar_t>::kGroup * max_rows);
-      std::vector<scalar_t> minimum(lanes);
-      std::vector<int32_t> tied(lanes), position(lanes), lane_offset(lanes);
-      const RowMinima<scalar_t> row_minima{minimum.data(), tied.data(), position.data(), lane_offset.data()};
+      std::vector<scalar_t> lane_scratch(3 * lanes);
+      const RowMinima<scalar_t> row_minima{lane_scratch.data(), lane_scratch.data() + lanes,
+                                           lane_scratch.data() + 2 * lanes};
       for (; p < num; p = queue->next.fetch_add(1, std::memory_order_relaxed)) {
-        Workspace w = Workspace::carve(doubles.data(), ints.data(), std::min(r[p], c[p]), std::max(r[p], c[p]));
+        const int64_t n = std::min(r[p], c[p]);
+        Workspace w = Workspace::carve(doubles.data(), ints.data(), n, std::max(r[p], c[p]));
         w.row_min = row_min.data();
         w.row_arg = row_arg.data();
-        const int64_t s = layout->slot_offset[p];
-        status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data[p], r[p], c[p], w, p, row + s,
-                                              col + s, prob + s, row_minima);
+        int64_t* row = pairs.data();
+        int64_t* col = row + max_rows;
+        status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data[p], r[p], c[p], w, p, row, col,
+                                              col + max_rows, row_minima);
+        emit(p, status[p], static_cast<const int64_t*>(row), static_cast<const int64_t*>(col), n);
       }
     } catch (...) {  // no exception may escape a helper; the caller raises instead
       queue->failed.store(true);
@@ -199,27 +258,23 @@ void solve_all_kernel_impl(const scalar_t* const* data, const int64_t* r, const 
     queue->active.fetch_sub(1, std::memory_order_acq_rel);
   };
 
-  int64_t total = 0;
-  for (int64_t p = 0; p < num; ++p) total += r[p] * c[p];
-  const int64_t helpers = total < kMinParallelCosts || at::in_parallel_region()
-      ? 0
-      : std::min<int64_t>(at::get_num_threads(), num) - 1;
   for (int64_t h = 0; h < helpers; ++h) at::launch(work);
   work();
-  // Every problem is taken; wait for the helpers still solving one.
+  // Every problem is taken; wait for the helpers still solving one (emit is the caller's: no helper
+  // may touch it after this returns).
   while (queue->active.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  TORCH_CHECK(!queue->failed.load(), "batched_linear_assignment: could not allocate the CPU solver's scratch");
+  TORCH_CHECK(!queue->failed.load(), "linear assignment: could not allocate memory for the CPU solver");
 }
 
-// Solves the problems at `data` (one address per problem, pointing at `dtype` values) into
-// slot-layout outputs; returns each problem's status.
+// Solves the problems at `data` (one address per problem, pointing at `dtype` values), handing each
+// to emit (see solve_all_kernel_impl); returns each problem's status.
+template <typename Emit>
 std::vector<int8_t> solve_all(at::ScalarType dtype, const std::vector<const void*>& data, const int64_t* r,
-                              const int64_t* c, const AssignmentPlan& plan, int64_t* row, int64_t* col,
-                              int64_t* prob) {
+                              const int64_t* c, const AssignmentPlan& plan, const Emit& emit) {
   std::vector<int8_t> status(data.size(), lsa_detail::kSolved);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "batched_linear_assignment_cpu", [&] {
-    solve_all_kernel_impl<scalar_t>(reinterpret_cast<const scalar_t* const*>(data.data()), r, c, plan, row, col,
-                                    prob, status.data());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_assignment_cpu", [&] {
+    solve_all_kernel_impl<scalar_t>(reinterpret_cast<const scalar_t* const*>(data.data()), r, c, plan, emit,
+                                    status.data());
   });
   return status;
 }
@@ -239,13 +294,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
   const int64_t* op = o.const_data_ptr<int64_t>();
   std::vector<const void*> data(num);
   for (int64_t p = 0; p < num; ++p) data[p] = base + op[p] * x.element_size();
+  int64_t* row_out = row.mutable_data_ptr<int64_t>();
+  int64_t* col_out = col.mutable_data_ptr<int64_t>();
+  int64_t* prob_out = prob.mutable_data_ptr<int64_t>();
+  auto emit = [&](int64_t p, int8_t, const int64_t* pair_row, const int64_t* pair_col, int64_t n) {
+    const int64_t s = plan.slot_offset[p];
+    std::copy(pair_row, pair_row + n, row_out + s);
+    std::copy(pair_col, pair_col + n, col_out + s);
+    std::fill(prob_out + s, prob_out + s + n, p);
+  };
   const std::vector<int8_t> status =
-      solve_all(x.scalar_type(), data, r.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>(), plan,
-                row.mutable_data_ptr<int64_t>(), col.mutable_data_ptr<int64_t>(), prob.mutable_data_ptr<int64_t>());
+      solve_all(x.scalar_type(), data, r.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>(), plan, emit);
   check_linear_assignment_status(status.data(), num);
   if (std::find(status.begin(), status.end(), lsa_detail::kDropped) == status.end()) return {row, col, prob};
   const at::Tensor keep = col.ge(0).nonzero().squeeze(1);
   return {row.index_select(0, keep), col.index_select(0, keep), prob.index_select(0, keep)};
+}
+
+// A 1-D int64 CPU tensor of n elements on plain malloc memory. The CPU allocator's 64-byte aligned
+// blocks (posix_memalign, and a profiler check on each allocation and free) made the list op 20%
+// slower on 1057 small problems (benchmarks/README.md). It is an ordinary tensor otherwise: the
+// storage grows through the CPU allocator on resize_, and frees its first block with free().
+at::Tensor index_tensor(int64_t n) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(int64_t);
+  void* data = bytes ? std::malloc(bytes) : nullptr;
+  if (!data && bytes) throw std::bad_alloc();
+  auto storage = c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), bytes,
+                                                       c10::DataPtr(data, data, &std::free, at::kCPU),
+                                                       c10::GetCPUAllocator(), /*resizable=*/true);
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                          caffe2::TypeMeta::Make<int64_t>());
+  t.unsafeGetTensorImpl()->set_sizes_contiguous({n});
+  return t;
 }
 
 // The list face: every per-matrix step (checks, conversion, result tensors) is a C++ loop. Matrices
@@ -254,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignment_cpu(at::TensorList costs,
                                                                                         bool maximize) {
   const ListProblems problems = check_linear_sum_assignment(costs);
-  const int64_t num = static_cast<int64_t>(costs.size()), slots = problems.plan.slot_offset[num];
+  const int64_t num = static_cast<int64_t>(costs.size());
   const at::ScalarType dtype = problems.dtype;
   const std::vector<at::Tensor> matrices = solver_matrices(costs, dtype);
   std::vector<const void*> data(num);
@@ -275,31 +355,28 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignme
     });
   }
 
-  std::vector<int64_t> row(slots), col(slots), prob(slots);
-  const std::vector<int8_t> status = solve_all(dtype, data, problems.rows.data(), problems.cols.data(),
-                                               problems.plan, row.data(), col.data(), prob.data());
-  check_linear_sum_assignment_status(status.data(), num, maximize);
-
   // Each problem's pairs in tensors of their own (a custom op's outputs may not alias each other),
-  // without its forbidden pairs (col < 0). empty_cpu skips the dispatcher: this loop is most of the
-  // op's time on small problems.
+  // without its forbidden pairs (col < 0), made by the thread that solved it: on small problems these
+  // allocations are most of the op's time.
   std::vector<at::Tensor> row_ind(num), col_ind(num);
-  for (int64_t p = 0; p < num; ++p) {
-    const int64_t* r = row.data() + problems.plan.slot_offset[p];
-    const int64_t* c = col.data() + problems.plan.slot_offset[p];
-    const int64_t n = problems.plan.slot_offset[p + 1] - problems.plan.slot_offset[p];
-    const int64_t kept = status[p] == lsa_detail::kDropped ? std::count_if(c, c + n, [](int64_t j) { return j >= 0; })
-                                                           : n;
-    row_ind[p] = at::detail::empty_cpu({kept}, at::kLong);
-    col_ind[p] = at::detail::empty_cpu({kept}, at::kLong);
-    int64_t* r_out = row_ind[p].mutable_data_ptr<int64_t>();
-    int64_t* c_out = col_ind[p].mutable_data_ptr<int64_t>();
+  auto emit = [&](int64_t p, int8_t status, const int64_t* pair_row, const int64_t* pair_col, int64_t n) {
+    if (status != lsa_detail::kSolved && status != lsa_detail::kDropped) return;  // raised below
+    const int64_t kept =
+        status == lsa_detail::kDropped ? std::count_if(pair_col, pair_col + n, [](int64_t j) { return j >= 0; }) : n;
+    at::Tensor r = index_tensor(kept), c = index_tensor(kept);
+    int64_t* r_out = r.mutable_data_ptr<int64_t>();
+    int64_t* c_out = c.mutable_data_ptr<int64_t>();
     for (int64_t k = 0; k < n; ++k) {
-      if (c[k] < 0) continue;
-      *r_out++ = r[k];
-      *c_out++ = c[k];
+      if (pair_col[k] < 0) continue;
+      *r_out++ = pair_row[k];
+      *c_out++ = pair_col[k];
     }
-  }
+    row_ind[p] = std::move(r);
+    col_ind[p] = std::move(c);
+  };
+  const std::vector<int8_t> status =
+      solve_all(dtype, data, problems.rows.data(), problems.cols.data(), problems.plan, emit);
+  check_linear_sum_assignment_status(status.data(), num, maximize);
   return {std::move(row_ind), std::move(col_ind)};
 }
 

@@ -267,6 +267,25 @@ def test_empty_inputs():
     assert rows.shape == cols.shape == (0,)
 
 
+def test_list_results_are_ordinary_tensors():
+    """The CPU list op builds its results on malloc memory, on every solving thread: they still
+    resize, own their memory, and are inference tensors exactly when the call is in inference mode."""
+    mats = [torch.rand(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(p)) for p in range(300)]
+    expected = [scipy_lsa(m.numpy()) for m in mats]
+    with torch.inference_mode():
+        inference = linear_sum_assignment(mats)  # large enough for the helper threads to take a share
+    normal = linear_sum_assignment(mats)
+    assert all(t.is_inference() for pair in inference for t in pair)
+    assert not any(t.is_inference() or t.requires_grad for pair in normal for t in pair)
+    rows, cols = normal[0]
+    assert rows.untyped_storage().data_ptr() != cols.untyped_storage().data_ptr()
+    rows.resize_(1000)  # grows through the CPU allocator; the first 10 entries are kept
+    assert rows[:10].tolist() == expected[0][0].tolist()
+    del normal, inference  # frees 1200 results from two threads' allocations
+    for (r, c), (ref_r, ref_c) in zip(linear_sum_assignment(mats), expected):
+        assert r.tolist() == ref_r.tolist() and c.tolist() == ref_c.tolist()
+
+
 def test_dtypes_are_packed_losslessly():
     """Integer matrices go through float64; half types through float32."""
     big = torch.tensor([[2**40 + 1, 2**40], [2**40, 2**40 + 3]], dtype=torch.int64)
