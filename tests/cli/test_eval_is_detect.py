@@ -94,8 +94,30 @@ def test_eval_scores_what_detect_returns(setup, tmp_path, exported):
     assert_same(by_image(dets), {k: v for k, v in detected.items() if v}, box_tol=0.005 + 1e-4, score_tol=5e-6 + 1e-7)
 
 
+def as_slots(dets, slots):
+    """[(category id, box, score)] in rank order -> (boxes [slots, 4], scores [slots], labels [slots]), label -1
+    in the empty slots: the layout of cora.export.parity.compare_detections."""
+    import numpy as np
+
+    boxes, scores, labels = np.zeros((slots, 4)), np.zeros(slots), np.full(slots, -1)
+    for i, (category, box, score) in enumerate(dets):
+        boxes[i], scores[i], labels[i] = box, score, category
+    return boxes, scores, labels
+
+
 def test_checkpoint_and_its_export_give_the_same_metrics(setup, tmp_path):
+    from cora.export.parity import compare_detections
+
     dets_ckpt, metrics_ckpt = run_eval(setup, setup / "ckpt", tmp_path / "ckpt")
     dets_onnx, metrics_onnx = run_eval(setup, setup / "tiny.onnx", tmp_path / "onnx")
     assert metrics_ckpt["metrics"] == pytest.approx(metrics_onnx["metrics"], abs=1e-9)
-    assert_same(by_image(dets_ckpt), by_image(dets_onnx), box_tol=1e-3, score_tol=1e-5)
+    # Slot by slot, with the export's one exception: a score on a step of the ranking key may be ranked on either
+    # side of it in the two runtimes (seen on an Intel Xeon: 226.99997 vs 227.00035 steps), which moves it and
+    # the detections it passes by a slot (cora.export.parity; the parity check accepts exactly that).
+    a, b = by_image(dets_ckpt), by_image(dets_onnx)
+    assert set(a) == set(b)
+    for image_id in a:
+        slots = max(len(a[image_id]), len(b[image_id]))
+        found = compare_detections(as_slots(a[image_id], slots), as_slots(b[image_id], slots),
+                                   {"boxes": 1e-3, "scores": 1e-5})
+        assert found["unmatched"] == 0 and found["box_diff"] <= 1e-3 and found["score_diff"] <= 1e-5, (image_id, found)
