@@ -103,24 +103,23 @@ struct RowMinima {
   static constexpr int64_t kWideLanes = 8;
   static constexpr int64_t kGroup = 4;
   static constexpr int64_t kMaxChunks = int64_t(1) << 24;  // chunk indices are exact in scalar_t below
-  // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each: the lane minima, then the
-  // targets of pass 2; the poison sums, then the counts; the last chunks.
-  scalar_t* a;
-  scalar_t* b;
-  scalar_t* last;
+  // Scratch of max(kWideLanes, kGroup * min(rows, cols)) entries each.
+  scalar_t* value;  // pass 1: the lane minima; pass 2: the targets (each lane's row minimum)
+  scalar_t* tally;  // pass 1: the poison sums; pass 2: the counts
+  scalar_t* last;   // pass 2: the last chunks
 
   static constexpr scalar_t inf() { return std::numeric_limits<scalar_t>::infinity(); }
 
   void start(int64_t lanes) const {
-    std::fill(a, a + lanes, inf());
-    std::fill(b, b + lanes, scalar_t(0));
+    std::fill(value, value + lanes, inf());
+    std::fill(tally, tally + lanes, scalar_t(0));
   }
 
-  // Pass 2 with target m_row(t) already in a[t].
+  // Pass 2 with target m_row(t) already in value[t].
   void find(const scalar_t* x, int64_t chunks, int64_t lanes) const {
-    std::fill(b, b + lanes, scalar_t(0));
+    std::fill(tally, tally + lanes, scalar_t(0));
     std::fill(last, last + lanes, scalar_t(0));
-    lane_find(x, chunks, lanes, a, b, last);
+    lane_find(x, chunks, lanes, value, tally, last);
   }
 
   bool operator()(const scalar_t* data, int64_t rows, int64_t cols, const Workspace& w) const {
@@ -131,23 +130,23 @@ struct RowMinima {
       for (int64_t i = 0; i < rows; ++i) {
         const scalar_t* x = data + i * cols;
         start(lanes);
-        lane_minimum(x, chunks, lanes, a, b);
+        lane_minimum(x, chunks, lanes, value, tally);
         scalar_t m = inf(), bad = 0;
         for (int64_t t = 0; t < lanes; ++t) {
-          m = std::min(m, a[t]);
-          bad += b[t];
+          m = std::min(m, value[t]);
+          bad += tally[t];
         }
         for (int64_t j = chunks * lanes; j < cols; ++j) {
           m = std::min(m, x[j]);
           bad += x[j] * scalar_t(0);
         }
         if (bad != 0) return false;  // NaN: a non-finite cost
-        std::fill(a, a + lanes, m);
+        std::fill(value, value + lanes, m);
         find(x, chunks, lanes);
         int64_t hits = 0, at = -1;
         for (int64_t t = 0; t < lanes; ++t) {
-          if (b[t] == 0) continue;
-          hits += static_cast<int64_t>(b[t]);
+          if (tally[t] == 0) continue;
+          hits += static_cast<int64_t>(tally[t]);
           at = static_cast<int64_t>(last[t]) * lanes + t;
         }
         for (int64_t j = chunks * lanes; j < cols; ++j) {
@@ -165,26 +164,26 @@ struct RowMinima {
     const scalar_t* tail = data + chunks * lanes;  // the last rows - chunks * kGroup stored rows
     const int64_t tail_rows = rows - chunks * kGroup;
     start(lanes);
-    lane_minimum(data, chunks, lanes, a, b);
+    lane_minimum(data, chunks, lanes, value, tally);
     scalar_t bad = 0;
-    for (int64_t t = 0; t < lanes; ++t) bad += b[t];
+    for (int64_t t = 0; t < lanes; ++t) bad += tally[t];
     for (int64_t i = 0; i < n; ++i) {
       scalar_t m = inf();
-      for (int64_t g = 0; g < kGroup; ++g) m = std::min(m, a[g * n + i]);
+      for (int64_t g = 0; g < kGroup; ++g) m = std::min(m, value[g * n + i]);
       for (int64_t k = 0; k < tail_rows; ++k) {
         m = std::min(m, tail[k * n + i]);
         bad += tail[k * n + i] * scalar_t(0);
       }
-      for (int64_t g = 0; g < kGroup; ++g) a[g * n + i] = m;
+      for (int64_t g = 0; g < kGroup; ++g) value[g * n + i] = m;
     }
     if (bad != 0) return false;
     find(data, chunks, lanes);
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t m = a[i];
+      const scalar_t m = value[i];
       int64_t hits = 0, at = -1;
       for (int64_t g = 0; g < kGroup; ++g) {
-        if (b[g * n + i] == 0) continue;
-        hits += static_cast<int64_t>(b[g * n + i]);
+        if (tally[g * n + i] == 0) continue;
+        hits += static_cast<int64_t>(tally[g * n + i]);
         at = static_cast<int64_t>(last[g * n + i]) * kGroup + g;
       }
       for (int64_t k = 0; k < tail_rows; ++k) {
