@@ -77,3 +77,9 @@ TORCH_LIBRARY(cora, m) {
   // scipy's linear_sum_assignment for a list of matrices: per-matrix (row_ind, col_ind).
   m.def("linear_sum_assignment(Tensor[] costs, bool maximize=False) -> (Tensor[] row_ind, Tensor[] col_ind)");
 }
+
+// linear_sum_assignment's outputs are indices: nothing to differentiate. A fallthrough (instead of
+// torch's boxed "not implemented" autograd fallback) keeps unboxed calls unboxed down to the kernel.
+TORCH_LIBRARY_IMPL(cora, Autograd, m) {
+  m.impl("linear_sum_assignment", torch::CppFunction::makeFallthrough());
+}

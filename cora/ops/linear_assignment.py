@@ -10,6 +10,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from cora import _C
+
 _COST_DTYPES = (torch.float32, torch.float64)
 
 
@@ -82,9 +84,12 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
     This is `torch.ops.cora.linear_sum_assignment(costs, maximize) -> (Tensor[] row_ind, Tensor[] col_ind)`,
     whose kernels do every per-matrix step in C++: the checks, reading each matrix in place (a copy only
     for another dtype or layout, and one negated buffer for maximize=True), one solve of all problems,
-    and the 2P result tensors. On CUDA: one upload of the problem table, one launch per team size, one
-    readback of the status, one multi-tensor copy into the results. The op needs at least one matrix
-    (the dispatcher dispatches on a tensor); this function returns [] for none.
+    and the 2P result tensors (on the CPU, slices of one block of memory, each with its storage: the
+    block is freed with the last of them). On CUDA: one upload of the problem table, one launch per team
+    size, one readback of the status, one multi-tensor copy into the results. It is called through
+    `cora._C._linear_sum_assignment`, which goes through the dispatcher as torch.ops does but without
+    boxing the 3P tensors into IValues (csrc/python_module.cpp). The op needs at least one matrix (the
+    dispatcher dispatches on a tensor); this function returns [] for none.
     Under torch.compile this function runs eagerly (a graph break).
 
     Raises:
@@ -106,15 +111,11 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
     collecting = gc.isenabled()
     gc.disable()
     try:
-        row_ind, col_ind = torch.ops.cora.linear_sum_assignment.default(costs, bool(maximize))
-        return list(zip(row_ind, col_ind))
-    except RuntimeError:  # the dispatcher's message for a non-Tensor element does not say which
-        for p, c in enumerate(costs):
-            if not isinstance(c, Tensor):
-                raise TypeError(
-                    f"linear_sum_assignment: costs[{p}] must be a Tensor, got {type(c).__name__}"
-                ) from None
-        raise
+        pairs = _C._linear_sum_assignment(costs, bool(maximize))
+        if pairs is NotImplemented:  # a Tensor subclass or a TorchFunctionMode: torch.ops handles them
+            row_ind, col_ind = torch.ops.cora.linear_sum_assignment.default(costs, bool(maximize))
+            pairs = list(zip(row_ind, col_ind))
+        return pairs
     finally:
         if collecting:
             gc.enable()

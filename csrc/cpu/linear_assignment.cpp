@@ -310,22 +310,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
   return {row.index_select(0, keep), col.index_select(0, keep), prob.index_select(0, keep)};
 }
 
-// A 1-D int64 CPU tensor of n elements on plain malloc memory. The CPU allocator's 64-byte aligned
-// blocks (posix_memalign, and a profiler check on each allocation and free) made the list op 20%
-// slower on 1057 small problems (benchmarks/README.md). It is an ordinary tensor otherwise: the
-// storage grows through the CPU allocator on resize_, and frees its first block with free().
-at::Tensor index_tensor(int64_t n) {
-  const size_t bytes = static_cast<size_t>(n) * sizeof(int64_t);
-  void* data = bytes ? std::malloc(bytes) : nullptr;
-  if (!data && bytes) throw std::bad_alloc();
-  auto storage = c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), bytes,
-                                                       c10::DataPtr(data, data, &std::free, at::kCPU),
-                                                       c10::GetCPUAllocator(), /*resizable=*/true);
-  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                                          caffe2::TypeMeta::Make<int64_t>());
-  t.unsafeGetTensorImpl()->set_sizes_contiguous({n});
-  return t;
-}
+// The memory of the list op's 2P result tensors: one malloc block for the call, shared by reference
+// count. Each tensor still has a storage of its own (no tensor aliases another): its DataPtr points at
+// its slice of the block, and dropping it (freeing the tensor, or a resize_ that moves the storage to
+// the CPU allocator) releases one reference; the last one frees the block. One block instead of 2P
+// allocations: on 1057 small problems the per-tensor malloc and free were 15% of the call, and a
+// profiler check on each allocation made c10's CPU allocator slower still (benchmarks/README.md). The
+// cost: the block stays allocated while any result tensor lives (16 bytes per pair of the call).
+class ResultBlock {
+ public:
+  // Room for `pairs` (row, col) index pairs, and `references` references held by the caller, who
+  // hands one to each tensor (tensor()) and drops the rest (release()).
+  ResultBlock(int64_t pairs, int64_t references) {
+    const size_t bytes = sizeof(Header) + 2 * static_cast<size_t>(pairs) * sizeof(int64_t);
+    header_ = static_cast<Header*>(std::malloc(bytes));
+    if (!header_) throw std::bad_alloc();
+    new (&header_->references) std::atomic<int64_t>(references);
+  }
+  ResultBlock(const ResultBlock&) = delete;
+  ResultBlock& operator=(const ResultBlock&) = delete;
+
+  int64_t* data() const { return reinterpret_cast<int64_t*>(header_ + 1); }
+
+  // A 1-D int64 CPU tensor of n elements at data() + offset, holding one reference.
+  at::Tensor tensor(int64_t offset, int64_t n) const {
+    int64_t* at = data() + offset;
+    auto storage = c10::make_intrusive<c10::StorageImpl>(
+        c10::StorageImpl::use_byte_size_t(), n * static_cast<int64_t>(sizeof(int64_t)),
+        c10::DataPtr(at, header_, &ResultBlock::drop, at::kCPU), c10::GetCPUAllocator(), /*resizable=*/true);
+    at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+        std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), caffe2::TypeMeta::Make<int64_t>());
+    t.unsafeGetTensorImpl()->set_sizes_contiguous({n});
+    return t;
+  }
+
+  // Drops `count` of the caller's references.
+  void release(int64_t count) const { release(header_, count); }
+
+ private:
+  struct alignas(16) Header {
+    std::atomic<int64_t> references;
+  };
+  static void drop(void* header) { ResultBlock::release(static_cast<Header*>(header), 1); }
+  static void release(Header* header, int64_t count) {
+    if (count > 0 && header->references.fetch_sub(count, std::memory_order_acq_rel) == count) std::free(header);
+  }
+  Header* header_;
+};
 
 // The list face: every per-matrix step (checks, conversion, result tensors) is a C++ loop. Matrices
 // already contiguous in the solver's dtype are read in place; with maximize, all are negated into one
@@ -358,23 +389,35 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignme
   // without its forbidden pairs (col < 0), made by the thread that solved it: on small problems these
   // allocations are most of the op's time.
   std::vector<at::Tensor> row_ind(num), col_ind(num);
+  const std::vector<int64_t>& slot = problems.plan.slot_offset;
+  const ResultBlock block(slot[num], 2 * num + 1);  // a reference per tensor, one for this call
   auto emit = [&](int64_t p, int8_t status, const int64_t* pair_row, const int64_t* pair_col, int64_t n) {
     if (status != lsa_detail::kSolved && status != lsa_detail::kDropped) return;  // raised below
     const int64_t kept =
         status == lsa_detail::kDropped ? std::count_if(pair_col, pair_col + n, [](int64_t j) { return j >= 0; }) : n;
-    at::Tensor r = index_tensor(kept), c = index_tensor(kept);
-    int64_t* r_out = r.mutable_data_ptr<int64_t>();
-    int64_t* c_out = c.mutable_data_ptr<int64_t>();
+    int64_t* r_out = block.data() + 2 * slot[p];
+    int64_t* c_out = r_out + kept;
     for (int64_t k = 0; k < n; ++k) {
       if (pair_col[k] < 0) continue;
       *r_out++ = pair_row[k];
       *c_out++ = pair_col[k];
     }
-    row_ind[p] = std::move(r);
-    col_ind[p] = std::move(c);
+    row_ind[p] = block.tensor(2 * slot[p], kept);
+    col_ind[p] = block.tensor(2 * slot[p] + kept, kept);
   };
-  const std::vector<int8_t> status =
-      solve_all(dtype, data, problems.rows.data(), problems.cols.data(), problems.plan, emit);
+  // The references of the tensors not made (problems with an error) and this call's, once solved.
+  const auto release_unused = [&] {
+    const int64_t made = std::count_if(row_ind.begin(), row_ind.end(), [](const at::Tensor& t) { return t.defined(); });
+    block.release(2 * (num - made) + 1);
+  };
+  std::vector<int8_t> status;
+  try {
+    status = solve_all(dtype, data, problems.rows.data(), problems.cols.data(), problems.plan, emit);
+  } catch (...) {
+    release_unused();
+    throw;
+  }
+  release_unused();
   check_linear_sum_assignment_status(status.data(), num, maximize);
   return {std::move(row_ind), std::move(col_ind)};
 }

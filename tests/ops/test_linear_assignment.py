@@ -268,8 +268,9 @@ def test_empty_inputs():
 
 
 def test_list_results_are_ordinary_tensors():
-    """The CPU list op builds its results on malloc memory, on every solving thread: they still
-    resize, own their memory, and are inference tensors exactly when the call is in inference mode."""
+    """The CPU list op builds its results in one shared block of memory, on every solving thread: they
+    still resize, have storages of their own, and are inference tensors exactly when the call is in
+    inference mode."""
     mats = [torch.rand(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(p)) for p in range(300)]
     expected = [scipy_lsa(m.numpy()) for m in mats]
     with torch.inference_mode():
@@ -284,6 +285,53 @@ def test_list_results_are_ordinary_tensors():
     del normal, inference  # frees 1200 results from two threads' allocations
     for (r, c), (ref_r, ref_c) in zip(linear_sum_assignment(mats), expected):
         assert r.tolist() == ref_r.tolist() and c.tolist() == ref_c.tolist()
+
+
+def test_a_list_result_outlives_the_others():
+    """The results' shared block stays allocated while any of them lives."""
+    mats = [torch.rand(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(p)) for p in range(400)]
+    expected = scipy_lsa(mats[-1].numpy())
+    kept = linear_sum_assignment(mats)[-1][1]  # the last col_ind: its block ends the list's block
+    churn = [torch.full((50,), -7, dtype=torch.int64) for _ in range(4000)]  # reuses freed memory
+    assert kept.tolist() == expected[1].tolist() and churn[-1][0] == -7
+
+
+def test_list_face_keeps_torch_function_and_dispatch():
+    """The face's fast binding still goes through the dispatcher (modes, fake tensors), and hands
+    Tensor subclasses and TorchFunctionModes to torch.ops, which runs __torch_function__."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(("dispatch", func))
+            return func(*args, **(kwargs or {}))
+
+    class RecordFunction(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(("function", func))
+            return func(*args, **(kwargs or {}))
+
+    class Marked(torch.Tensor):
+        pass
+
+    a = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
+    expected = [r.tolist() for r in scipy_lsa(a.numpy())]
+    op = torch.ops.cora.linear_sum_assignment.default
+    for mode, kind in ((Record(), "dispatch"), (RecordFunction(), "function")):
+        seen.clear()
+        with mode:
+            (rows, cols), = linear_sum_assignment([a])
+        assert (kind, op) in seen and [rows.tolist(), cols.tolist()] == expected
+    (rows, cols), = linear_sum_assignment([a.as_subclass(Marked)])
+    assert type(rows) is Marked and [rows.tolist(), cols.tolist()] == expected
+    with FakeTensorMode(shape_env=ShapeEnv()):
+        (rows, cols), = linear_sum_assignment([torch.empty(4, 3)])
+    assert type(rows).__name__ == "FakeTensor" and rows.dtype == torch.int64
 
 
 def test_dtypes_are_packed_losslessly():
