@@ -8,7 +8,8 @@
 // The code is generic over a Team: the threads that solve one problem together. A team of one
 // (SerialTeam, below) is the CPU kernel; a CUDA warp or block is a team of 32 or more
 // (csrc/cuda/linear_assignment.cu). Team members split every column scan (member r takes
-// positions r, r + size, ...), combine their partial results with the team's reductions, which
+// positions r, r + size, ...; a team of one scans by column instead, see ScansByColumn), combine
+// their partial results with the team's reductions, which
 // give every member the same answer, and leave the sequential steps (editing the list of remaining
 // columns, augmenting) to member 0, followed by team.sync(). A Team provides:
 //   int32_t rank() const;  int32_t size() const;  void sync() const;
@@ -70,6 +71,18 @@ struct SerialTeam {
   C10_HOST_DEVICE bool any(bool x) const { return x; }
 };
 
+// Whether a team scans by column (below) instead of by position in the remaining list: a team of
+// one, whose scans then vectorise (contiguous columns, no indirection), with the tie rule of the
+// position scan kept through each column's position (Workspace::order).
+template <typename Team>
+struct ScansByColumn {
+  static constexpr bool value = false;
+};
+template <>
+struct ScansByColumn<SerialTeam> {
+  static constexpr bool value = true;
+};
+
 // Scratch of one problem with nr <= nc: nr + 2 nc doubles and nr + 3 nc ints.
 struct Workspace {
   double* u;            // [nr] row duals
@@ -83,11 +96,12 @@ struct Workspace {
   // each row and its column when that minimum is unique, else -1.
   double* row_min;      // [nr] or nullptr
   int32_t* row_arg;     // [nr] or nullptr
+  int32_t* order;       // [nc] position of each column in remaining (teams that scan by column only)
 
   C10_HOST_DEVICE static int64_t doubles(int64_t nr, int64_t nc) { return nr + 2 * nc; }
   C10_HOST_DEVICE static int64_t ints(int64_t nr, int64_t nc) { return nr + 3 * nc; }
   C10_HOST_DEVICE static Workspace carve(double* d, int32_t* i, int64_t nr, int64_t nc) {
-    return {d, d + nr, d + nr + nc, i, i + nr, i + nr + nc, i + nr + 2 * nc, nullptr, nullptr};
+    return {d, d + nr, d + nr + nc, i, i + nr, i + nr + nc, i + nr + 2 * nc, nullptr, nullptr, nullptr};
   }
 };
 
@@ -132,6 +146,44 @@ C10_HOST_DEVICE bool complete(CostView<scalar_t>& view, double lo, double hi, in
   return true;
 }
 
+// The scan of one Dijkstra step by column (ScansByColumn teams): relaxes the shortest path costs of
+// the columns still remaining through row i (the first step: sets them, from row i = cur), and returns
+// scipy's choice among them. Two passes: the update and the minimum (no branch, no indirection: it
+// vectorises), then the tie rule among the columns at the minimum (usually one).
+template <typename Cost>
+C10_HOST_DEVICE Choice scan_columns(const Cost& cost, int32_t i, double min_val, double u_i, int32_t nc,
+                                    int32_t num_remaining, bool first, const Workspace& w) {
+  double best = inf();
+  if (first) {
+    for (int32_t k = 0; k < nc; ++k) {
+      const double r = min_val + cost(i, k) - u_i - w.v[k];
+      w.spc[k] = r;
+      best = r < best ? r : best;
+    }
+  } else {
+    for (int32_t k = 0; k < nc; ++k) {
+      const double r = min_val + cost(i, k) - u_i - w.v[k];
+      const double s = w.spc[k];
+      const int32_t p = w.path[k];
+      const bool lower = w.order[k] < num_remaining && r < s;
+      const double t = lower ? r : s;
+      w.spc[k] = t;
+      w.path[k] = lower ? i : p;
+      best = w.order[k] < num_remaining && t < best ? t : best;
+    }
+  }
+  Choice choice = make_choice(best, -1, false, nc);
+  if (!(best < inf())) return choice;
+  for (int32_t k = 0; k < nc; ++k) {
+    if (w.spc[k] != best) continue;
+    const int32_t pos = first ? nc - 1 - k : w.order[k];
+    if (pos >= num_remaining) continue;
+    const Choice c = make_choice(best, pos, w.row4col[k] < 0, nc);
+    if (better(c, choice)) choice = c;
+  }
+  return choice;
+}
+
 // Minimum-cost assignment of all nr rows to distinct columns (nr <= nc) into w.col4row / w.row4col.
 // Returns false if a reduced cost overflowed (then the outputs are meaningless).
 //
@@ -163,14 +215,21 @@ C10_HOST_DEVICE bool solve(const Team& team, const Cost& cost, int32_t nr, int32
     // a constant matrix then gives the identity), and every shortest path cost is +inf, which row
     // cur always beats. Only the minimum is computed here: on most rows (always on tall problems
     // with few rows) the first column reached is unassigned, and the step's spc / path / remaining
-    // are never read. Otherwise they are written below, recomputed bit for bit.
+    // are never read. Otherwise they are written below, spc recomputed bit for bit (a scan by column
+    // has written it already).
     const double u_cur = w.u[cur];
     double min_val = 0;
     double best_value = inf();
     int32_t best_pos = -1;
+    bool scanned = false;  // by column: spc holds the first step's costs
     if (minima && w.row_arg[cur] >= 0 && w.v[w.row_arg[cur]] == 0.0) {
       best_value = w.row_min[cur];
       best_pos = nc - 1 - w.row_arg[cur];
+    } else if constexpr (ScansByColumn<Team>::value) {
+      const Choice c = scan_columns(cost, cur, min_val, u_cur, nc, nc, true, w);
+      best_value = c.value;
+      best_pos = c.tie == INT32_MAX ? -1 : position_of(c.tie, nc);
+      scanned = true;
     } else {
       for (int32_t it = rank; it < nc; it += step) {
         const int32_t j = nc - 1 - it;
@@ -201,8 +260,9 @@ C10_HOST_DEVICE bool solve(const Team& team, const Cost& cost, int32_t nr, int32
     for (int32_t it = rank; it < nc; it += step) {
       const int32_t k = nc - 1 - it;
       w.remaining[it] = k;
-      w.spc[k] = 0.0 + cost(cur, k) - u_cur - w.v[k];
+      if (!scanned) w.spc[k] = 0.0 + cost(cur, k) - u_cur - w.v[k];
       w.path[k] = cur;
+      if constexpr (ScansByColumn<Team>::value) w.order[k] = it;
     }
 
     int32_t num_remaining = nc;
@@ -213,6 +273,10 @@ C10_HOST_DEVICE bool solve(const Team& team, const Cost& cost, int32_t nr, int32
         // Move j to the reached part at the end; the order of the rest is scipy's.
         w.remaining[pos] = w.remaining[num_remaining - 1];
         w.remaining[num_remaining - 1] = j;
+        if constexpr (ScansByColumn<Team>::value) {
+          w.order[w.remaining[pos]] = pos;
+          w.order[j] = num_remaining - 1;
+        }
       }
       --num_remaining;
       if (w.row4col[j] < 0) {
@@ -222,6 +286,15 @@ C10_HOST_DEVICE bool solve(const Team& team, const Cost& cost, int32_t nr, int32
       const int32_t i = w.row4col[j];
       const double u_i = w.u[i];
       team.sync();  // the edit of remaining is visible
+      // By column while most columns remain (the scan then also passes the reached ones).
+      if (ScansByColumn<Team>::value && 2 * num_remaining >= nc) {
+        best = scan_columns(cost, i, min_val, u_i, nc, num_remaining, false, w);
+        min_val = best.value;
+        if (!(min_val < inf())) return false;
+        pos = position_of(best.tie, nc);
+        j = w.remaining[pos];
+        continue;
+      }
       best_value = inf();
       best_pos = -1;
       for (int32_t it = rank; it < num_remaining; it += step) {

@@ -234,7 +234,7 @@ void solve_all_kernel_impl(const scalar_t* const* data, const int64_t* r, const 
     int64_t p = queue->next.fetch_add(1, std::memory_order_relaxed);
     if (p < num) try {
       std::vector<double> doubles(Workspace::doubles(max_rows, max_cols)), row_min(max_rows);
-      std::vector<int32_t> ints(Workspace::ints(max_rows, max_cols)), row_arg(max_rows);
+      std::vector<int32_t> ints(Workspace::ints(max_rows, max_cols)), row_arg(max_rows), order(max_cols);
       std::vector<int64_t> pairs(3 * max_rows);  // row, col, problem of each pair
       const int64_t lanes = std::max(RowMinima<scalar_t>::kWideLanes, RowMinima<scalar_t>::kGroup * max_rows);
       std::vector<scalar_t> lane_scratch(3 * lanes);
@@ -245,6 +245,7 @@ void solve_all_kernel_impl(const scalar_t* const* data, const int64_t* r, const 
         Workspace w = Workspace::carve(doubles.data(), ints.data(), n, std::max(r[p], c[p]));
         w.row_min = row_min.data();
         w.row_arg = row_arg.data();
+        w.order = order.data();
         int64_t* row = pairs.data();
         int64_t* col = row + max_rows;
         status[p] = lsa_detail::solve_problem(lsa_detail::SerialTeam{}, data[p], r[p], c[p], w, p, row, col,
