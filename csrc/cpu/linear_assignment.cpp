@@ -315,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_linear_assignment_cpu(
 // count. Each tensor still has a storage of its own (no tensor aliases another): its DataPtr points at
 // its slice of the block, and dropping it (freeing the tensor, or a resize_ that moves the storage to
 // the CPU allocator) releases one reference; the last one frees the block. One block instead of 2P
-// allocations: on 1057 small problems the per-tensor malloc and free were 15% of the call, and a
+// allocations: on 1057 small problems the per-tensor malloc and free were 13% of the call, and a
 // profiler check on each allocation made c10's CPU allocator slower still (benchmarks/README.md). The
 // cost: the block stays allocated while any result tensor lives (16 bytes per pair of the call).
 class ResultBlock {
@@ -386,9 +386,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> linear_sum_assignme
     });
   }
 
-  // Each problem's pairs in tensors of their own (a custom op's outputs may not alias each other),
-  // without its forbidden pairs (col < 0), made by the thread that solved it: on small problems these
-  // allocations are most of the op's time.
+  // Each problem's pairs in tensors of their own (a custom op's outputs may not alias each other; they
+  // share the memory block, not a storage), without its forbidden pairs (col < 0), made by the thread
+  // that solved it: on small problems making them is most of the op's time.
   std::vector<at::Tensor> row_ind(num), col_ind(num);
   const std::vector<int64_t>& slot = problems.plan.slot_offset;
   const ResultBlock block(slot[num], 2 * num + 1);  // a reference per tensor, one for this call
