@@ -97,7 +97,7 @@ def linear_sum_assignment(costs: Sequence[Tensor], maximize: bool = False) -> li
             (`+inf` with maximize=True) in costs[p] (named).
         TypeError: costs not a list (or other iterable) of tensors, a bool or complex matrix.
     """
-    if isinstance(costs, Tensor) or not isinstance(costs, Iterable):
+    if isinstance(costs, (Tensor, str, bytes)) or not isinstance(costs, Iterable):
         got = f"a Tensor of shape {list(costs.shape)}" if isinstance(costs, Tensor) else type(costs).__name__
         raise TypeError(f"linear_sum_assignment: costs must be a list of Tensor[R, C] (one matrix: [cost]), got {got}")
     costs = list(costs)

@@ -398,6 +398,8 @@ def test_bad_arguments():
         linear_sum_assignment(torch.zeros(2, 2))
     with pytest.raises(TypeError, match="costs must be a list of Tensor.*got int"):
         linear_sum_assignment(3)
+    with pytest.raises(TypeError, match="costs must be a list of Tensor.*got str"):
+        linear_sum_assignment("costs.npy")
     with pytest.raises(ValueError, match=r"all cost matrices must be on one device, got costs\[0\] on cpu and "
                        r"costs\[1\] on meta"):
         linear_sum_assignment([torch.zeros(2, 2), torch.zeros(2, 2, device="meta")])
