@@ -5,9 +5,10 @@
 // linear_sum_assignment (cora/ops/linear_assignment.py). Called through torch.ops, a list of P
 // matrices is boxed into IValues and back on the way in, the 2P results likewise on the way out, and
 // each input tensor's last C++ reference is dropped without the GIL (which it then takes, once per
-// tensor): on small problems that was a third of the call. This binding calls the same op unboxed
-// through the dispatcher (so every kernel, mode and fake tensor still applies), keeps the GIL for the
-// per-matrix steps and builds the list of (row_ind, col_ind) pairs itself.
+// tensor). This binding calls the same op unboxed through the dispatcher (so every kernel, mode and
+// fake tensor still applies), keeps the GIL for the per-matrix steps and builds the list of
+// (row_ind, col_ind) pairs itself: 1057 small problems went from 1.07 to 0.90 ms (benchmarks/README.md).
+// The face passes a non-empty list (the dispatcher needs a tensor to dispatch on).
 #include <Python.h>
 
 #include "cora_ops.h"
