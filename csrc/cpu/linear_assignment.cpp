@@ -122,40 +122,60 @@ struct RowMinima {
     lane_find(x, chunks, lanes, value, tally, last);
   }
 
+  // One solver row is the lanes t0 + g * stride (g < k) and the elements past the whole chunks,
+  // tail[j * tail_stride] (j < tail_count). Its minimum over pass 1's lane minima and the tail; the
+  // tail's poison is added to `bad`.
+  scalar_t row_minimum(int64_t t0, int64_t stride, int64_t k, const scalar_t* tail, int64_t tail_stride,
+                       int64_t tail_count, scalar_t& bad) const {
+    scalar_t m = inf();
+    for (int64_t g = 0; g < k; ++g) m = std::min(m, value[t0 + g * stride]);
+    for (int64_t j = 0; j < tail_count; ++j) {
+      m = std::min(m, tail[j * tail_stride]);
+      bad += tail[j * tail_stride] * scalar_t(0);
+    }
+    return m;
+  }
+
+  // After pass 2 (target m): the row's minimum and its column when unique, else -1. Lane g met m last
+  // in chunk last[t], i.e. at column(last, g); tail element j is at column tail_at + j.
+  template <typename Column>
+  void finish_row(scalar_t m, int64_t t0, int64_t stride, int64_t k, const scalar_t* tail, int64_t tail_stride,
+                  int64_t tail_count, int64_t tail_at, const Column& column, double* row_min,
+                  int32_t* row_arg) const {
+    int64_t hits = 0, at = -1;
+    for (int64_t g = 0; g < k; ++g) {
+      const int64_t t = t0 + g * stride;
+      if (tally[t] == 0) continue;
+      hits += static_cast<int64_t>(tally[t]);
+      at = column(static_cast<int64_t>(last[t]), g);
+    }
+    for (int64_t j = 0; j < tail_count; ++j) {
+      if (tail[j * tail_stride] != m) continue;
+      ++hits;
+      at = tail_at + j;
+    }
+    *row_min = static_cast<double>(m);
+    *row_arg = hits == 1 ? static_cast<int32_t>(at) : -1;
+  }
+
   bool operator()(const scalar_t* data, int64_t rows, int64_t cols, const Workspace& w) const {
     if (std::min(rows, cols) < 2) return false;  // one row: its scan is all the work anyway
     if (cols >= rows) {
-      const int64_t lanes = kWideLanes, chunks = cols / lanes;
+      const int64_t lanes = kWideLanes, chunks = cols / lanes, tail_count = cols - chunks * lanes;
       if (chunks >= kMaxChunks) return false;
+      const auto column = [&](int64_t chunk, int64_t t) { return chunk * lanes + t; };
       for (int64_t i = 0; i < rows; ++i) {
         const scalar_t* x = data + i * cols;
+        const scalar_t* tail = x + chunks * lanes;
         start(lanes);
         lane_minimum(x, chunks, lanes, value, tally);
-        scalar_t m = inf(), bad = 0;
-        for (int64_t t = 0; t < lanes; ++t) {
-          m = std::min(m, value[t]);
-          bad += tally[t];
-        }
-        for (int64_t j = chunks * lanes; j < cols; ++j) {
-          m = std::min(m, x[j]);
-          bad += x[j] * scalar_t(0);
-        }
+        scalar_t bad = 0;
+        for (int64_t t = 0; t < lanes; ++t) bad += tally[t];
+        const scalar_t m = row_minimum(0, 1, lanes, tail, 1, tail_count, bad);
         if (bad != 0) return false;  // NaN: a non-finite cost
         std::fill(value, value + lanes, m);
         find(x, chunks, lanes);
-        int64_t hits = 0, at = -1;
-        for (int64_t t = 0; t < lanes; ++t) {
-          if (tally[t] == 0) continue;
-          hits += static_cast<int64_t>(tally[t]);
-          at = static_cast<int64_t>(last[t]) * lanes + t;
-        }
-        for (int64_t j = chunks * lanes; j < cols; ++j) {
-          if (x[j] != m) continue;
-          ++hits;
-          at = j;
-        }
-        w.row_min[i] = static_cast<double>(m);
-        w.row_arg[i] = hits == 1 ? static_cast<int32_t>(at) : -1;
+        finish_row(m, 0, 1, lanes, tail, 1, tail_count, chunks * lanes, column, &w.row_min[i], &w.row_arg[i]);
       }
       return true;
     }
@@ -163,36 +183,20 @@ struct RowMinima {
     if (chunks >= kMaxChunks) return false;
     const scalar_t* tail = data + chunks * lanes;  // the last rows - chunks * kGroup stored rows
     const int64_t tail_rows = rows - chunks * kGroup;
+    const auto column = [](int64_t chunk, int64_t g) { return chunk * kGroup + g; };
     start(lanes);
     lane_minimum(data, chunks, lanes, value, tally);
     scalar_t bad = 0;
     for (int64_t t = 0; t < lanes; ++t) bad += tally[t];
     for (int64_t i = 0; i < n; ++i) {
-      scalar_t m = inf();
-      for (int64_t g = 0; g < kGroup; ++g) m = std::min(m, value[g * n + i]);
-      for (int64_t k = 0; k < tail_rows; ++k) {
-        m = std::min(m, tail[k * n + i]);
-        bad += tail[k * n + i] * scalar_t(0);
-      }
+      const scalar_t m = row_minimum(i, n, kGroup, tail + i, n, tail_rows, bad);
       for (int64_t g = 0; g < kGroup; ++g) value[g * n + i] = m;
     }
     if (bad != 0) return false;
     find(data, chunks, lanes);
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t m = value[i];
-      int64_t hits = 0, at = -1;
-      for (int64_t g = 0; g < kGroup; ++g) {
-        if (tally[g * n + i] == 0) continue;
-        hits += static_cast<int64_t>(tally[g * n + i]);
-        at = static_cast<int64_t>(last[g * n + i]) * kGroup + g;
-      }
-      for (int64_t k = 0; k < tail_rows; ++k) {
-        if (tail[k * n + i] != m) continue;
-        ++hits;
-        at = chunks * kGroup + k;
-      }
-      w.row_min[i] = static_cast<double>(m);
-      w.row_arg[i] = hits == 1 ? static_cast<int32_t>(at) : -1;
+      finish_row(value[i], i, n, kGroup, tail + i, n, tail_rows, chunks * kGroup, column, &w.row_min[i],
+                 &w.row_arg[i]);
     }
     return true;
   }
